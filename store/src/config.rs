@@ -1,0 +1,35 @@
+//! Every tunable size of the store in one place, so tests and benchmarks can shrink them.
+
+/// Content-defined chunking parameters (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkerConfig {
+    pub min_size: usize,
+    pub avg_size: usize,
+    pub max_size: usize,
+    /// Force cut points at safetensors/GGUF header end and tensor starts.
+    pub tensor_aware: bool,
+}
+
+impl ChunkerConfig {
+    /// A config with the usual min = avg/4, max = avg*4 ratios around `avg_size`.
+    pub fn with_avg(avg_size: usize) -> Self {
+        ChunkerConfig {
+            min_size: (avg_size / 4).max(fastcdc::v2020::MINIMUM_MIN),
+            avg_size,
+            max_size: (avg_size * 4).min(fastcdc::v2020::MAXIMUM_MAX),
+            tensor_aware: true,
+        }
+    }
+}
+
+impl Default for ChunkerConfig {
+    fn default() -> Self {
+        ChunkerConfig::with_avg(DEFAULT_AVG_CHUNK)
+    }
+}
+
+/// Default average chunk size; chosen from the chunk-size sweep in docs/PERFORMANCE.md.
+pub const DEFAULT_AVG_CHUNK: usize = 1 << 20;
+
+/// A pack file is closed and a new one started once it grows past this size.
+pub const DEFAULT_PACK_TARGET: u64 = 1 << 30;
