@@ -1,1 +1,30 @@
-pub fn placeholder() {}
+//! The mlxfs store: content-defined chunks named by BLAKE3, kept once in append-only packs,
+//! and a SQLite catalog mapping the namespace and file contents onto them.
+//!
+//! Read path: `Store::read` → content map (catalog) → chunk → pack (mmap), verified by BLAKE3.
+//! Write path: `Store::prepare` (chunk, hash, append) → `Store::commit` (fsync packs, one
+//! catalog transaction).
+
+pub mod catalog;
+pub mod chunker;
+pub mod config;
+pub mod content;
+pub mod error;
+pub mod formats;
+pub mod gc;
+pub mod ingest;
+pub mod models;
+pub mod namespace;
+pub mod pack;
+mod store;
+pub mod verify;
+
+/// BLAKE3-256 of a chunk's bytes: its name in the store.
+pub type ChunkHash = [u8; 32];
+
+pub use catalog::{Catalog, Totals, Tx};
+pub use config::ChunkerConfig;
+pub use content::{ContentMap, PreparedContent};
+pub use error::{Result, StoreError};
+pub use namespace::{DirEntry, Inode, NewInode, NodeKind, ROOT_INO};
+pub use store::{lock_holder, Store, StoreOptions};

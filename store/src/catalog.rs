@@ -1,0 +1,245 @@
+//! The catalog: one SQLite database (WAL) holding the namespace, file contents as chunk lists,
+//! chunk locations with reference counts, packs, and the model registry.
+//!
+//! All access goes through one connection behind a mutex; callers get a [`Tx`] (a transaction)
+//! and the namespace and content operations are methods on it (see `namespace.rs`, `content.rs`).
+
+use std::path::Path;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::Result;
+use crate::error::StoreError;
+
+/// Newest schema this build understands; each entry of [`MIGRATIONS`] moves one version up.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // v1: the first schema.
+    r#"
+    CREATE TABLE inodes (
+        ino      INTEGER PRIMARY KEY,
+        kind     INTEGER NOT NULL,          -- 1 file, 2 directory, 3 symlink
+        perm     INTEGER NOT NULL,          -- mode & 07777
+        uid      INTEGER NOT NULL,
+        gid      INTEGER NOT NULL,
+        size     INTEGER NOT NULL DEFAULT 0,
+        atime    INTEGER NOT NULL,          -- nanoseconds since the epoch
+        mtime    INTEGER NOT NULL,
+        ctime    INTEGER NOT NULL,
+        crtime   INTEGER NOT NULL,
+        nlink    INTEGER NOT NULL,
+        content  INTEGER REFERENCES contents(id),  -- NULL: all zeros (empty or sparse)
+        target   BLOB,                      -- symlink target
+        rdev     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE dentries (
+        parent INTEGER NOT NULL,
+        name   BLOB NOT NULL,
+        ino    INTEGER NOT NULL,
+        PRIMARY KEY (parent, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX dentries_by_ino ON dentries(ino);
+    CREATE TABLE contents (
+        id      INTEGER PRIMARY KEY,
+        size    INTEGER NOT NULL,
+        sha256  BLOB NOT NULL,
+        blake3  BLOB NOT NULL UNIQUE,
+        refs    INTEGER NOT NULL DEFAULT 0   -- inodes using this content
+    );
+    CREATE INDEX contents_by_sha256 ON contents(sha256);
+    CREATE TABLE chunks (
+        id      INTEGER PRIMARY KEY,
+        hash    BLOB NOT NULL UNIQUE,        -- BLAKE3-256
+        pack    INTEGER NOT NULL,
+        offset  INTEGER NOT NULL,            -- first data byte in the pack
+        len     INTEGER NOT NULL,
+        refs    INTEGER NOT NULL DEFAULT 0   -- occurrences in content_chunks
+    );
+    CREATE INDEX chunks_by_pack ON chunks(pack);
+    CREATE TABLE content_chunks (
+        content INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        offset  INTEGER NOT NULL,            -- offset of the chunk in the file
+        chunk   INTEGER NOT NULL,
+        PRIMARY KEY (content, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX content_chunks_by_chunk ON content_chunks(chunk);
+    CREATE TABLE packs (
+        id       INTEGER PRIMARY KEY,
+        size     INTEGER NOT NULL            -- bytes covered by committed records
+    );
+    CREATE TABLE xattrs (
+        ino   INTEGER NOT NULL,
+        name  BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ino, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE models (
+        id        INTEGER PRIMARY KEY,
+        layout    TEXT NOT NULL,             -- hf | ollama
+        name      TEXT NOT NULL,             -- org/name, or host/namespace/model
+        revision  TEXT NOT NULL,             -- commit, or tag
+        format    TEXT NOT NULL,             -- safetensors | gguf | mixed | other
+        files     INTEGER NOT NULL,
+        last_read INTEGER,                   -- nanoseconds since the epoch
+        last_view TEXT,                      -- hf | ollama | mlx | lmstudio
+        reads     INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (layout, name, revision)
+    );
+    -- Running totals so `mlxfs status` never scans a million rows.
+    CREATE TABLE totals (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        logical_bytes  INTEGER NOT NULL,
+        files          INTEGER NOT NULL,
+        physical_bytes INTEGER NOT NULL,
+        chunks         INTEGER NOT NULL
+    );
+    INSERT INTO totals VALUES (1, 0, 0, 0, 0);
+    CREATE TRIGGER file_added AFTER INSERT ON inodes WHEN NEW.kind = 1 BEGIN
+        UPDATE totals SET logical_bytes = logical_bytes + NEW.size, files = files + 1;
+    END;
+    CREATE TRIGGER file_removed AFTER DELETE ON inodes WHEN OLD.kind = 1 BEGIN
+        UPDATE totals SET logical_bytes = logical_bytes - OLD.size, files = files - 1;
+    END;
+    CREATE TRIGGER file_resized AFTER UPDATE OF size ON inodes WHEN NEW.kind = 1 BEGIN
+        UPDATE totals SET logical_bytes = logical_bytes - OLD.size + NEW.size;
+    END;
+    CREATE TRIGGER chunk_added AFTER INSERT ON chunks BEGIN
+        UPDATE totals SET physical_bytes = physical_bytes + NEW.len, chunks = chunks + 1;
+    END;
+    CREATE TRIGGER chunk_removed AFTER DELETE ON chunks BEGIN
+        UPDATE totals SET physical_bytes = physical_bytes - OLD.len, chunks = chunks - 1;
+    END;
+    "#,
+];
+
+/// Counters kept by triggers.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Totals {
+    pub logical_bytes: u64,
+    pub files: u64,
+    pub physical_bytes: u64,
+    pub chunks: u64,
+}
+
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+/// A catalog transaction (or, from [`Catalog::read`], a plain connection); the namespace and
+/// content operations are methods on it.
+pub struct Tx<'a> {
+    pub(crate) conn: &'a Connection,
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::configure(&conn)?;
+        let catalog = Catalog {
+            conn: Mutex::new(conn),
+        };
+        catalog.migrate()?;
+        Ok(catalog)
+    }
+
+    /// Opens an existing catalog without writing to it (for `status` and `ls` while another
+    /// process owns the store).
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let catalog = Catalog {
+            conn: Mutex::new(conn),
+        };
+        let version = catalog.read(|tx| tx.schema_version())?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(catalog)
+    }
+
+    fn configure(conn: &Connection) -> Result<()> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode: a committed transaction survives the process being killed; the
+        // packs it references were fsynced before the commit.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.pragma_update(None, "cache_size", -16_000)?;
+        Ok(())
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tracing::info!(to = i + 1, "migrating catalog schema");
+            tx.execute_batch(migration)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` in one immediate transaction; it commits only if `f` returns Ok.
+    pub fn write<T>(&self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&Tx { conn: &tx })?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` on the connection without opening a write transaction.
+    pub fn read<T>(&self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock();
+        f(&Tx { conn: &conn })
+    }
+}
+
+impl Tx<'_> {
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    pub fn totals(&self) -> Result<Totals> {
+        let totals = self
+            .conn
+            .query_row(
+                "SELECT logical_bytes, files, physical_bytes, chunks FROM totals WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Totals {
+                        logical_bytes: r.get::<_, i64>(0)? as u64,
+                        files: r.get::<_, i64>(1)? as u64,
+                        physical_bytes: r.get::<_, i64>(2)? as u64,
+                        chunks: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(totals.unwrap_or_default())
+    }
+
+    /// Direct access for modules of this crate that need a query of their own.
+    pub fn conn(&self) -> &Connection {
+        self.conn
+    }
+}

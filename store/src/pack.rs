@@ -1,0 +1,317 @@
+//! Append-only pack files holding chunk records.
+//!
+//! A pack starts with a 16-byte header (magic + pack id). Each record is
+//! `magic "MXCK" | u32 LE length | BLAKE3-256 of the data | data`, so a pack can be scanned and
+//! checked without the catalog. Packs are only ever appended to (and rewritten whole by gc), so
+//! readers can memory-map them and remap when a record lies past the current mapping.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::ChunkHash;
+
+pub const PACK_MAGIC: &[u8; 8] = b"MLXFSPK1";
+pub const PACK_HEADER_LEN: u64 = 16;
+pub const RECORD_MAGIC: &[u8; 4] = b"MXCK";
+pub const RECORD_HEADER_LEN: u64 = 40;
+
+/// Where a chunk's bytes live: `offset` is the first data byte (after the record header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A chunk's bytes inside a mapped pack; derefs to the bytes.
+pub struct ChunkBytes {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+}
+
+struct ActivePack {
+    id: u64,
+    file: File,
+    len: u64,
+}
+
+/// All pack files of a store: one active pack for appends, memory maps for reads.
+pub struct Packs {
+    dir: PathBuf,
+    target_size: u64,
+    active: Mutex<Option<ActivePack>>,
+    maps: RwLock<HashMap<u64, Arc<Mmap>>>,
+}
+
+pub fn pack_file_name(id: u64) -> String {
+    format!("{id:08}.pack")
+}
+
+impl Packs {
+    pub fn open(dir: &Path, target_size: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        Ok(Packs {
+            dir: dir.to_path_buf(),
+            target_size,
+            active: Mutex::new(None),
+            maps: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(pack_file_name(id))
+    }
+
+    /// Pack ids present on disk, ascending.
+    pub fn list(&self) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", self.dir.display()))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".pack") {
+                if let Ok(id) = stem.parse::<u64>() {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Appends one chunk record to the active pack, starting a new pack when it is full.
+    /// The bytes are durable only after [`Packs::sync`].
+    pub fn append(&self, hash: &ChunkHash, data: &[u8]) -> Result<ChunkLocation> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| StoreError::Inconsistent("chunk larger than 4 GiB".into()))?;
+        let mut active = self.active.lock();
+        if active.as_ref().is_none_or(|a| a.len >= self.target_size) {
+            if let Some(old) = active.take() {
+                old.file.sync_data().ctx(|| format!("syncing pack {}", old.id))?;
+            }
+            *active = Some(self.create_pack()?);
+        }
+        let pack = active.as_mut().expect("active pack was just ensured");
+        let mut header = [0u8; RECORD_HEADER_LEN as usize];
+        header[..4].copy_from_slice(RECORD_MAGIC);
+        header[4..8].copy_from_slice(&len.to_le_bytes());
+        header[8..40].copy_from_slice(hash);
+        let record_start = pack.len;
+        let result = pack
+            .file
+            .write_all_at(&header, record_start)
+            .and_then(|()| pack.file.write_all_at(data, record_start + RECORD_HEADER_LEN));
+        if let Err(e) = result {
+            // Leave no torn record behind: later appends start where this one started.
+            let _ = pack.file.set_len(record_start);
+            return Err(StoreError::io(format!("writing pack {}", pack.id), e));
+        }
+        pack.len = record_start + RECORD_HEADER_LEN + len as u64;
+        Ok(ChunkLocation {
+            pack: pack.id,
+            offset: record_start + RECORD_HEADER_LEN,
+            len,
+        })
+    }
+
+    /// Makes every appended record durable. Called before the catalog transaction that
+    /// references them commits; sealed packs were synced when they were closed.
+    pub fn sync(&self) -> Result<()> {
+        let active = self.active.lock();
+        if let Some(pack) = active.as_ref() {
+            pack.file.sync_data().ctx(|| format!("syncing pack {}", pack.id))?;
+        }
+        Ok(())
+    }
+
+    /// Id and current length of the active pack, if any.
+    pub fn active(&self) -> Option<(u64, u64)> {
+        self.active.lock().as_ref().map(|a| (a.id, a.len))
+    }
+
+    /// Closes the active pack so the next append starts a new one (gc uses this).
+    pub fn seal_active(&self) -> Result<()> {
+        if let Some(old) = self.active.lock().take() {
+            old.file.sync_data().ctx(|| format!("syncing pack {}", old.id))?;
+        }
+        Ok(())
+    }
+
+    fn create_pack(&self) -> Result<ActivePack> {
+        let id = self.list()?.last().map_or(1, |last| last + 1);
+        let path = self.path(id);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        let mut header = [0u8; PACK_HEADER_LEN as usize];
+        header[..8].copy_from_slice(PACK_MAGIC);
+        header[8..].copy_from_slice(&id.to_le_bytes());
+        file.write_all(&header).ctx(|| format!("writing {}", path.display()))?;
+        file.sync_all().ctx(|| format!("syncing {}", path.display()))?;
+        sync_dir(&self.dir)?;
+        Ok(ActivePack {
+            id,
+            file,
+            len: PACK_HEADER_LEN,
+        })
+    }
+
+    /// The raw bytes at `loc`, unverified. Use [`Packs::read_verified`] on the read path.
+    pub fn read(&self, loc: ChunkLocation) -> Result<ChunkBytes> {
+        let end = loc.offset + loc.len as u64;
+        let map = self.map_covering(loc.pack, end)?;
+        let start = usize::try_from(loc.offset)
+            .map_err(|_| StoreError::Inconsistent("pack offset overflows".into()))?;
+        Ok(ChunkBytes {
+            map,
+            start,
+            len: loc.len as usize,
+        })
+    }
+
+    /// The bytes at `loc`, checked against their BLAKE3 id; a mismatch is an error, never data.
+    pub fn read_verified(&self, loc: ChunkLocation, hash: &ChunkHash) -> Result<ChunkBytes> {
+        let bytes = self.read(loc)?;
+        if blake3::hash(&bytes).as_bytes() != hash {
+            return Err(StoreError::CorruptChunk {
+                chunk: hex::encode(hash),
+                pack: loc.pack,
+                offset: loc.offset,
+                reason: "BLAKE3 mismatch".into(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn map_covering(&self, pack: u64, end: u64) -> Result<Arc<Mmap>> {
+        if let Some(map) = self.maps.read().get(&pack) {
+            if map.len() as u64 >= end {
+                return Ok(map.clone());
+            }
+        }
+        let path = self.path(pack);
+        let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+        let file_len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+        if file_len < end {
+            return Err(StoreError::CorruptChunk {
+                chunk: String::new(),
+                pack,
+                offset: end,
+                reason: format!("pack is {file_len} bytes, shorter than the catalog says"),
+            });
+        }
+        // SAFETY: packs are append-only while mapped; gc replaces a pack by writing a new file
+        // and dropping every mapping of the old one first, so the mapped range never shrinks.
+        let map = unsafe { Mmap::map(&file) }.ctx(|| format!("mapping {}", path.display()))?;
+        let map = Arc::new(map);
+        self.maps.write().insert(pack, map.clone());
+        Ok(map)
+    }
+
+    /// Forgets the mapping of a pack (before gc deletes or rewrites it).
+    pub fn unmap(&self, pack: u64) {
+        self.maps.write().remove(&pack);
+    }
+
+    /// Truncates a pack to `len` bytes (startup recovery drops records no catalog row commits).
+    pub fn truncate(&self, pack: u64, len: u64) -> Result<()> {
+        self.unmap(pack);
+        let path = self.path(pack);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        file.set_len(len).ctx(|| format!("truncating {}", path.display()))?;
+        file.sync_all().ctx(|| format!("syncing {}", path.display()))
+    }
+
+    pub fn remove(&self, pack: u64) -> Result<()> {
+        self.unmap(pack);
+        let path = self.path(pack);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
+        }
+    }
+}
+
+/// One record found by scanning a pack file without the catalog.
+#[derive(Debug, Clone)]
+pub struct ScannedRecord {
+    pub location: ChunkLocation,
+    pub hash: ChunkHash,
+    pub intact: bool,
+}
+
+/// Walks every record of a pack file. Stops at the first torn or unrecognisable record and reports
+/// the offset where valid records end.
+pub fn scan_pack(path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
+    let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+    let mut records = Vec::new();
+    if len < PACK_HEADER_LEN {
+        return Ok((records, 0));
+    }
+    // SAFETY: read-only scan of a pack nobody truncates while the store lock is held.
+    let map = unsafe { Mmap::map(&file) }.ctx(|| format!("mapping {}", path.display()))?;
+    if &map[..8] != PACK_MAGIC {
+        return Ok((records, 0));
+    }
+    let mut pos = PACK_HEADER_LEN;
+    while pos + RECORD_HEADER_LEN <= len {
+        let p = pos as usize;
+        if &map[p..p + 4] != RECORD_MAGIC {
+            break;
+        }
+        let data_len = u32::from_le_bytes(map[p + 4..p + 8].try_into().unwrap_or_default());
+        let data_start = pos + RECORD_HEADER_LEN;
+        let data_end = data_start + data_len as u64;
+        if data_end > len {
+            break;
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&map[p + 8..p + 40]);
+        let intact = blake3::hash(&map[data_start as usize..data_end as usize]).as_bytes() == &hash;
+        records.push(ScannedRecord {
+            location: ChunkLocation {
+                pack,
+                offset: data_start,
+                len: data_len,
+            },
+            hash,
+            intact,
+        });
+        pos = data_end;
+    }
+    Ok((records, pos))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing directory {}", dir.display()))
+}

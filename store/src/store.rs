@@ -1,0 +1,269 @@
+//! The `Store` facade: opens the directory, takes the lock, recovers after a crash, and offers
+//! prepare/commit for writers and verified reads for the mount.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::{Catalog, Tx};
+use crate::config::{ChunkerConfig, DEFAULT_PACK_TARGET};
+use crate::content::{ContentMap, PreparedContent};
+use crate::error::{IoContext, Result, StoreError};
+use crate::pack::{ChunkBytes, ChunkLocation, Packs};
+use crate::ChunkHash;
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub chunker: ChunkerConfig,
+    pub pack_target: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            chunker: ChunkerConfig::default(),
+            pack_target: DEFAULT_PACK_TARGET,
+        }
+    }
+}
+
+/// An open, locked store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    root: PathBuf,
+    pub(crate) options: StoreOptions,
+    pub(crate) catalog: Catalog,
+    pub(crate) packs: Packs,
+    /// Chunks appended but possibly not yet committed, so concurrent writers of the same bytes
+    /// store them once.
+    pub(crate) pending: Mutex<HashMap<ChunkHash, ChunkLocation>>,
+    /// Chunk ids whose bytes were checked since they were mapped; cleared by gc.
+    verified: RwLock<HashSet<i64>>,
+    _lock: File,
+}
+
+const PENDING_LIMIT: usize = 100_000;
+const VERIFIED_LIMIT: usize = 1_000_000;
+
+impl Store {
+    /// Opens (creating if needed) the store at `root` for writing, taking its exclusive lock.
+    pub fn open(root: &Path, options: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(root).ctx(|| format!("creating store {}", root.display()))?;
+        let lock = take_lock(root)?;
+        let catalog = Catalog::open(&root.join("catalog.db"))?;
+        let packs = Packs::open(&root.join("packs"), options.pack_target)?;
+        let uid = unsafe { libc::geteuid() };
+        let gid = unsafe { libc::getegid() };
+        catalog.write(|tx| tx.ensure_root(uid, gid))?;
+        let store = Store {
+            root: root.to_path_buf(),
+            options,
+            catalog,
+            packs,
+            pending: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashSet::new()),
+            _lock: lock,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn chunker(&self) -> &ChunkerConfig {
+        &self.options.chunker
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn packs(&self) -> &Packs {
+        &self.packs
+    }
+
+    /// Directory for files being written through the mount (same disk as the packs).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// Brings the disk back in line with the catalog after a crash: records past a pack's
+    /// committed size and packs no committed chunk lives in were never visible, so they go.
+    fn recover(&self) -> Result<()> {
+        let committed: HashMap<u64, u64> = self.catalog.read(|tx| {
+            let mut stmt = tx.conn().prepare("SELECT id, size FROM packs")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?;
+            let mut map = HashMap::new();
+            for row in rows {
+                let (id, size) = row?;
+                map.insert(id, size);
+            }
+            Ok(map)
+        })?;
+        for id in self.packs.list()? {
+            let path = self.packs.path(id);
+            let len = std::fs::metadata(&path).ctx(|| format!("stat {}", path.display()))?.len();
+            match committed.get(&id) {
+                None => {
+                    tracing::info!(pack = id, "removing pack with no committed chunks");
+                    self.packs.remove(id)?;
+                }
+                Some(&size) if len > size => {
+                    tracing::info!(pack = id, len, size, "dropping uncommitted pack tail");
+                    self.packs.truncate(id, size)?;
+                }
+                Some(_) => {}
+            }
+        }
+        let orphans = self.catalog.read(|tx| tx.orphan_inodes())?;
+        if !orphans.is_empty() {
+            self.catalog.write(|tx| {
+                for ino in &orphans {
+                    tx.delete_inode_if_unlinked(*ino)?;
+                }
+                Ok(())
+            })?;
+            tracing::info!(count = orphans.len(), "released unlinked inodes left by a crash");
+        }
+        Ok(())
+    }
+
+    /// Where a chunk already is, committed or pending, if anywhere.
+    pub(crate) fn known_chunk(&self, hash: &ChunkHash) -> Result<Option<ChunkLocation>> {
+        if let Some(loc) = self.pending.lock().get(hash) {
+            return Ok(Some(*loc));
+        }
+        self.catalog.read(|tx| tx.chunk_location(hash))
+    }
+
+    /// Appends a chunk nobody has, remembering it as pending.
+    pub(crate) fn append_chunk(&self, hash: &ChunkHash, data: &[u8]) -> Result<ChunkLocation> {
+        let loc = self.packs.append(hash, data)?;
+        let mut pending = self.pending.lock();
+        if pending.len() >= PENDING_LIMIT {
+            pending.clear();
+        }
+        pending.insert(*hash, loc);
+        Ok(loc)
+    }
+
+    /// Makes prepared bytes durable and runs `attach` in the same catalog transaction that
+    /// records the content; `attach` gets the content id (`None` for an empty file).
+    pub fn commit<T>(
+        &self,
+        prepared: &PreparedContent,
+        attach: impl FnOnce(&Tx, Option<i64>) -> Result<T>,
+    ) -> Result<T> {
+        if prepared.new_bytes > 0 {
+            self.packs.sync()?;
+        }
+        self.catalog.write(|tx| {
+            let content = if prepared.size == 0 {
+                None
+            } else {
+                Some(tx.insert_content(prepared)?)
+            };
+            attach(tx, content)
+        })
+    }
+
+    /// Verified bytes of chunk `index` of a content.
+    pub fn chunk(&self, map: &ContentMap, index: usize) -> Result<ChunkBytes> {
+        let chunk = map
+            .chunks
+            .get(index)
+            .ok_or_else(|| StoreError::Inconsistent(format!("chunk {index} out of range")))?;
+        if self.verified.read().contains(&chunk.chunk_id) {
+            return self.packs.read(chunk.location);
+        }
+        let bytes = self.packs.read_verified(chunk.location, &chunk.hash)?;
+        let mut verified = self.verified.write();
+        if verified.len() >= VERIFIED_LIMIT {
+            verified.clear();
+        }
+        verified.insert(chunk.chunk_id);
+        Ok(bytes)
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` of a content (verified); returns the count.
+    pub fn read(&self, map: &ContentMap, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let Some(mut index) = map.chunk_index(offset) else {
+            return Ok(0);
+        };
+        let want = buf.len().min((map.size - offset) as usize);
+        let mut done = 0;
+        while done < want {
+            let chunk = &map.chunks[index];
+            let bytes = self.chunk(map, index)?;
+            let in_chunk = (offset + done as u64 - chunk.file_offset) as usize;
+            let n = (bytes.len() - in_chunk).min(want - done);
+            buf[done..done + n].copy_from_slice(&bytes[in_chunk..in_chunk + n]);
+            done += n;
+            index += 1;
+            if index >= map.chunks.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Forgets which chunks were verified (their locations may have changed).
+    pub(crate) fn forget_verified(&self) {
+        self.verified.write().clear();
+    }
+}
+
+/// Takes the store's exclusive lock, or says which process holds it.
+fn take_lock(root: &Path) -> Result<File> {
+    let path = root.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(StoreError::Locked {
+            path: root.to_path_buf(),
+            pid: pid.trim().to_string(),
+        });
+    }
+    file.set_len(0).ctx(|| format!("writing {}", path.display()))?;
+    file.rewind().ctx(|| format!("writing {}", path.display()))?;
+    write!(file, "{}", std::process::id()).ctx(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
+/// The pid recorded in a store's lock file when another process holds the lock.
+pub fn lock_holder(root: &Path) -> Option<String> {
+    let path = root.join("lock");
+    let file = File::open(&path).ok()?;
+    // SAFETY: flock on a file descriptor we own; we release it at once.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_SH | libc::LOCK_NB,
+        )
+    };
+    if rc == 0 {
+        return None;
+    }
+    std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string())
+}
+

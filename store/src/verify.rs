@@ -1,0 +1,121 @@
+//! `verify`: re-hash every stored chunk and every whole-file digest, and name the files a
+//! damaged chunk belongs to.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::store::Store;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damage {
+    /// Namespace paths of every file with this content.
+    pub paths: Vec<String>,
+    pub content: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub files_checked: u64,
+    pub contents_checked: u64,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub damaged: Vec<Damage>,
+}
+
+impl Store {
+    /// Total bytes `verify` will read (for a progress bar).
+    pub fn verify_total_bytes(&self) -> Result<u64> {
+        self.catalog.read(|tx| {
+            Ok(tx
+                .conn()
+                .query_row("SELECT COALESCE(SUM(size), 0) FROM contents", [], |r| r.get::<_, i64>(0))?
+                as u64)
+        })
+    }
+
+    /// Checks every content: each chunk against its BLAKE3 id, the whole file against its
+    /// SHA-256 and BLAKE3. `progress` receives bytes as they are checked.
+    pub fn verify(&self, progress: &dyn Fn(u64)) -> Result<VerifyReport> {
+        let contents: Vec<i64> = self.catalog.read(|tx| {
+            let mut stmt = tx.conn().prepare("SELECT id FROM contents ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            rows.collect::<std::result::Result<_, _>>().map_err(Into::into)
+        })?;
+        let mut report = VerifyReport::default();
+        let mut chunk_ok: HashMap<i64, bool> = HashMap::new();
+        for content in contents {
+            let map = self.catalog.read(|tx| tx.content_map(content))?;
+            let mut sha = Sha256::new();
+            let mut b3 = blake3::Hasher::new();
+            let mut problem = None;
+            for chunk in &map.chunks {
+                let bytes = match self.packs.read(chunk.location) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        problem.get_or_insert(format!("chunk unreadable: {e}"));
+                        chunk_ok.insert(chunk.chunk_id, false);
+                        continue;
+                    }
+                };
+                let good = *chunk_ok.entry(chunk.chunk_id).or_insert_with(|| {
+                    report.chunks_checked += 1;
+                    blake3::hash(&bytes).as_bytes() == &chunk.hash
+                });
+                if !good {
+                    problem.get_or_insert(format!(
+                        "chunk {} at pack {} offset {} does not match its BLAKE3",
+                        hex::encode(chunk.hash),
+                        chunk.location.pack,
+                        chunk.location.offset
+                    ));
+                }
+                sha.update(&bytes[..]);
+                b3.update(&bytes);
+                progress(bytes.len() as u64);
+                report.bytes_checked += bytes.len() as u64;
+            }
+            if problem.is_none() {
+                let sha: [u8; 32] = sha.finalize().into();
+                if sha != map.sha256 || b3.finalize().as_bytes() != &map.blake3 {
+                    problem = Some("whole-file digest mismatch".into());
+                }
+            }
+            report.contents_checked += 1;
+            let paths = self.paths_of_content(content)?;
+            report.files_checked += paths.len() as u64;
+            if let Some(reason) = problem {
+                report.damaged.push(Damage {
+                    paths,
+                    content,
+                    reason,
+                });
+            }
+        }
+        report.ok = report.damaged.is_empty();
+        Ok(report)
+    }
+
+    /// Every namespace path whose inode has this content.
+    pub fn paths_of_content(&self, content: i64) -> Result<Vec<String>> {
+        self.catalog.read(|tx| {
+            let mut stmt = tx.conn().prepare_cached(
+                "SELECT d.parent, d.name FROM inodes i JOIN dentries d ON d.ino = i.ino
+                 WHERE i.content = ?1",
+            )?;
+            let rows = stmt.query_map([content], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            let mut paths = Vec::new();
+            for row in rows {
+                let (parent, name) = row?;
+                let dir = tx.path_of(parent as u64)?.unwrap_or_else(|| "?".into());
+                let name = String::from_utf8_lossy(&name);
+                paths.push(if dir.is_empty() { name.into_owned() } else { format!("{dir}/{name}") });
+            }
+            paths.sort();
+            Ok(paths)
+        })
+    }
+}
