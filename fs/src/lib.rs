@@ -1,1 +1,14 @@
+//! The mlxfs filesystem: a core [`Vfs`] over the store (plain Rust, `Result<_, Errno>`), and a
+//! thin `fuser` adapter that mounts it.
 
+pub mod attr;
+pub mod errno;
+pub mod files;
+pub mod fuse;
+pub mod platform;
+pub mod vfs;
+
+pub use attr::{Attr, Caller, SetAttr, SetTime, StatFs};
+pub use errno::{Errno, FsResult};
+pub use files::Opened;
+pub use vfs::{ChangeListener, Vfs};

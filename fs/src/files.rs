@@ -1,0 +1,422 @@
+//! File contents through the mount: open handles, write staging, commit, and reads.
+//!
+//! A file that is written gets a staging file on the store's disk holding its whole current
+//! bytes; reads see writes at once. On flush (close), fsync and last release the staged bytes are
+//! chunked, deduplicated and committed in one catalog transaction. Writing to a committed file
+//! copies it to staging first, so files sharing its chunks are untouched (copy-on-write).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use store::ingest::MappedFile;
+use store::namespace::now_ns;
+use store::{ContentMap, Inode, NodeKind};
+
+use crate::attr::{Attr, Caller, SetAttr};
+use crate::errno::{Errno, FsResult};
+use crate::vfs::Vfs;
+
+/// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+
+/// Copy granularity when staging a committed file.
+const STAGE_COPY_BUF: usize = 4 << 20;
+
+/// What an open inode holds between open and last release.
+pub(crate) struct OpenFile {
+    ino: u64,
+    /// Open handles; atomic so opening never waits on a file busy committing.
+    handles: AtomicU32,
+    state: Mutex<FileState>,
+}
+
+struct FileState {
+    staged: Option<Staged>,
+    /// Committed content loaded for reads (absent while staged or for all-zero files).
+    content: Option<Arc<ContentMap>>,
+    content_loaded: bool,
+}
+
+struct Staged {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    dirty: bool,
+    mtime: i64,
+    ctime: i64,
+}
+
+/// How an open went: the handle, and whether the kernel may keep its page cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
+}
+
+impl OpenFile {
+    fn new(ino: u64) -> OpenFile {
+        OpenFile {
+            ino,
+            handles: AtomicU32::new(0),
+            state: Mutex::new(FileState {
+                staged: None,
+                content: None,
+                content_loaded: false,
+            }),
+        }
+    }
+
+    pub(crate) fn overlay_attr(&self, attr: &mut Attr) {
+        let state = self.state.lock();
+        if let Some(staged) = &state.staged {
+            attr.size = staged.size;
+            attr.blocks = staged.size.div_ceil(512);
+            if staged.dirty {
+                attr.mtime = staged.mtime;
+                attr.ctime = staged.ctime;
+            }
+        }
+    }
+
+    /// A setattr that went to the catalog also changes the staged view (times; size was
+    /// applied by truncate).
+    pub(crate) fn absorb_setattr(&self, set: &SetAttr, inode: &Inode) {
+        let mut state = self.state.lock();
+        if let Some(staged) = state.staged.as_mut() {
+            if set.mtime.is_some() {
+                staged.mtime = inode.mtime;
+            }
+            staged.ctime = inode.ctime;
+        }
+    }
+}
+
+impl Vfs {
+    /// The open state of an inode, with one more handle counted on it.
+    fn hold_file(&self, ino: u64) -> Arc<OpenFile> {
+        let mut files = self.files.lock();
+        let file = files
+            .entry(ino)
+            .or_insert_with(|| Arc::new(OpenFile::new(ino)))
+            .clone();
+        file.handles.fetch_add(1, Ordering::SeqCst);
+        file
+    }
+
+    /// Drops one handle count; forgets the open state when it was the last. Returns whether
+    /// the file is now idle.
+    fn unhold_file(&self, file: &Arc<OpenFile>) -> bool {
+        let mut files = self.files.lock();
+        if file.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return false;
+        }
+        if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
+            files.remove(&file.ino);
+        }
+        true
+    }
+
+    fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        let ino = *self.handles.lock().get(&fh).ok_or(Errno::EBADF)?;
+        self.files.lock().get(&ino).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Opens a regular file; `O_TRUNC` is applied here.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
+        match inode.kind {
+            NodeKind::Dir => return Err(Errno::EISDIR),
+            NodeKind::Symlink => return Err(Errno(libc::ELOOP)),
+            NodeKind::File => {}
+        }
+        let file = self.hold_file(ino);
+        let keep_cache = file.state.lock().staged.is_none();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, ino);
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writable && flags & libc::O_TRUNC != 0 {
+            if let Err(e) = self.truncate(ino, 0) {
+                let _ = self.release(fh);
+                return Err(e);
+            }
+        }
+        Ok(Opened { fh, keep_cache: keep_cache && flags & libc::O_TRUNC == 0 })
+    }
+
+    /// Creates and opens a file (O_CREAT|O_EXCL semantics are the kernel's: it only calls
+    /// create when the name is absent).
+    pub fn create(&self, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32, caller: Caller) -> FsResult<(Attr, Opened)> {
+        let attr = self.create_file(parent, name, mode, umask, caller)?;
+        let opened = self.open(attr.ino, flags & !libc::O_TRUNC)?;
+        Ok((attr, opened))
+    }
+
+    fn load_content(&self, file: &OpenFile, state: &mut FileState) -> FsResult<()> {
+        if state.content_loaded {
+            return Ok(());
+        }
+        let inode = self.read_tx(|tx| tx.inode(file.ino))?.ok_or(Errno::ENOENT)?;
+        state.content = match inode.content {
+            Some(id) => Some(Arc::new(self.read_tx(|tx| tx.content_map(id))?)),
+            None => None,
+        };
+        state.content_loaded = true;
+        Ok(())
+    }
+
+    /// Reads up to `size` bytes at `offset`: staged bytes if the file is being written, else
+    /// verified committed chunks; zeros past the content (sparse tail); short at end of file.
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let file = self.handle_file(fh)?;
+        let (content, file_size) = {
+            let mut state = file.state.lock();
+            if let Some(staged) = &state.staged {
+                let end = staged.size.min(offset.saturating_add(size as u64));
+                if offset >= end {
+                    return Ok(Vec::new());
+                }
+                let mut buf = vec![0u8; (end - offset) as usize];
+                read_full_at(&staged.file, &mut buf, offset)?;
+                return Ok(buf);
+            }
+            self.load_content(&file, &mut state)?;
+            let inode_size = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?.size;
+            (state.content.clone(), inode_size)
+        };
+        let end = file_size.min(offset.saturating_add(size as u64));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        if let Some(map) = content {
+            if offset < map.size {
+                let want = ((map.size - offset) as usize).min(buf.len());
+                let got = self.store.read(&map, offset, &mut buf[..want])?;
+                if got != want {
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Makes sure the file has a staging copy of its current bytes (copy-on-write).
+    fn stage(&self, file: &OpenFile, state: &mut FileState) -> FsResult<()> {
+        if state.staged.is_some() {
+            return Ok(());
+        }
+        let inode = self.read_tx(|tx| tx.inode(file.ino))?.ok_or(Errno::ENOENT)?;
+        self.load_content(file, state)?;
+        let path = self.store.staging_dir().join(format!("{}-{}", file.ino, now_ns()));
+        let staging = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let result = (|| -> FsResult<()> {
+            if let Some(map) = &state.content {
+                let mut offset = 0u64;
+                let mut buf = vec![0u8; STAGE_COPY_BUF];
+                let limit = map.size.min(inode.size);
+                while offset < limit {
+                    let n = ((limit - offset) as usize).min(buf.len());
+                    let got = self.store.read(map, offset, &mut buf[..n])?;
+                    if got != n {
+                        return Err(Errno::EIO);
+                    }
+                    staging.write_all_at(&buf[..n], offset)?;
+                    offset += n as u64;
+                }
+            }
+            staging.set_len(inode.size)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        state.staged = Some(Staged {
+            file: staging,
+            path,
+            size: inode.size,
+            dirty: false,
+            mtime: inode.mtime,
+            ctime: inode.ctime,
+        });
+        Ok(())
+    }
+
+    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], append: bool) -> FsResult<u32> {
+        let file = self.handle_file(fh)?;
+        debug_assert_eq!(file.ino, ino);
+        let mut state = file.state.lock();
+        self.stage(&file, &mut state)?;
+        let staged = state.staged.as_mut().ok_or(Errno::EIO)?;
+        let offset = if append { staged.size } else { offset };
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        staged.file.write_all_at(data, offset)?;
+        staged.size = staged.size.max(end);
+        staged.dirty = true;
+        let now = now_ns();
+        staged.mtime = now;
+        staged.ctime = now;
+        Ok(data.len() as u32)
+    }
+
+    /// Changes a file's length: staged files are resized; a committed file not open for
+    /// writing is shrunk by restaging (so old bytes never reappear) or grown sparsely.
+    pub(crate) fn truncate(&self, ino: u64, size: u64) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
+        match inode.kind {
+            NodeKind::Dir => return Err(Errno::EISDIR),
+            NodeKind::Symlink => return Err(Errno::EINVAL),
+            NodeKind::File => {}
+        }
+        let file = self.hold_file(ino);
+        let mut state = file.state.lock();
+        let was_staged = state.staged.is_some();
+        let result = (|| {
+            if state.staged.is_none() {
+                if size == 0 {
+                    // Nothing to copy: drop the content outright.
+                    self.write_tx(|tx| {
+                        tx.set_content(ino, None)?;
+                        Ok(())
+                    })?;
+                    state.content = None;
+                    state.content_loaded = true;
+                    return Ok(());
+                }
+                if size >= inode.size {
+                    // Growing reads zeros past the content, which is what sparse growth means.
+                    return Ok(());
+                }
+            }
+            self.stage(&file, &mut state)?;
+            let staged = state.staged.as_mut().ok_or(Errno::EIO)?;
+            staged.file.set_len(size)?;
+            staged.size = size;
+            staged.dirty = true;
+            let now = now_ns();
+            staged.mtime = now;
+            staged.ctime = now;
+            if !was_staged {
+                // Nobody was writing the file: nobody's close will commit the new length, so
+                // commit it now.
+                self.commit_locked(&file, &mut state)?;
+                if file.handles.load(Ordering::SeqCst) == 1 {
+                    self.drop_staging(&mut state);
+                }
+            }
+            Ok(())
+        })();
+        drop(state);
+        self.unhold_file(&file);
+        result
+    }
+
+    /// Chunks and commits the staged bytes of a file if they changed.
+    fn commit_locked(&self, file: &OpenFile, state: &mut FileState) -> FsResult<()> {
+        let Some(staged) = state.staged.as_mut() else {
+            return Ok(());
+        };
+        if !staged.dirty {
+            return Ok(());
+        }
+        let data = MappedFile::from_file(&staged.file, &staged.path)?;
+        let data = &data[..(staged.size as usize).min(data.len())];
+        let prepared = self.store.prepare(data)?;
+        let (size, mtime, ctime) = (staged.size, staged.mtime, staged.ctime);
+        let ino = file.ino;
+        self.store.commit(&prepared, |tx, content| {
+            let Some(mut inode) = tx.inode(ino)? else {
+                return Ok(());
+            };
+            tx.set_content(ino, content)?;
+            inode.size = size;
+            inode.mtime = mtime;
+            inode.ctime = ctime;
+            tx.update_inode(&inode)
+        })?;
+        staged.dirty = false;
+        state.content_loaded = false;
+        state.content = None;
+        tracing::debug!(ino, size, new_bytes = prepared.new_bytes, "committed file");
+        Ok(())
+    }
+
+    fn drop_staging(&self, state: &mut FileState) {
+        if let Some(staged) = state.staged.take() {
+            let _ = std::fs::remove_file(&staged.path);
+        }
+    }
+
+    /// close(2) of one descriptor: commit what was written so a closed file is durable.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let file = self.handle_file(fh)?;
+        let mut state = file.state.lock();
+        self.commit_locked(&file, &mut state)
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh)
+    }
+
+    /// Last close of a handle: commit, drop staging when nobody holds the file, and delete an
+    /// inode that was unlinked while open.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let file = self.handle_file(fh)?;
+        self.handles.lock().remove(&fh);
+        let mut state = file.state.lock();
+        let committed = self.commit_locked(&file, &mut state);
+        if file.handles.load(Ordering::SeqCst) == 1 {
+            self.drop_staging(&mut state);
+        }
+        drop(state);
+        if !self.unhold_file(&file) {
+            return committed;
+        }
+        self.write_tx(|tx| {
+            tx.delete_inode_if_unlinked(file.ino)?;
+            Ok(())
+        })?;
+        committed
+    }
+
+    /// Commits every file with unsaved writes (on unmount and on SIGTERM).
+    pub fn commit_all(&self) -> FsResult<()> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        let mut result = Ok(());
+        for file in files {
+            let mut state = file.state.lock();
+            if let Err(e) = self.commit_locked(&file, &mut state) {
+                tracing::error!(ino = file.ino, error = %e, "could not commit open file");
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> FsResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            // Past the staging file's end the file is sparse: zeros are already in buf.
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}

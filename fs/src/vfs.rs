@@ -1,0 +1,576 @@
+//! The core filesystem: namespace operations over the catalog, with plain Rust signatures
+//! returning `Result<_, Errno>`. File contents (open files, staging, commit) live in `files.rs`;
+//! the FUSE adapter in `fuse.rs` only translates.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use store::namespace::now_ns;
+use store::{Inode, NewInode, NodeKind, Store, Tx, ROOT_INO};
+
+use crate::attr::{Attr, Caller, SetAttr, SetTime, StatFs};
+use crate::errno::{Errno, FsResult};
+use crate::files::OpenFile;
+
+/// Longest name a directory entry may have.
+pub const NAME_MAX: usize = 255;
+
+/// The writable trees every mount starts with.
+pub const WRITABLE_ROOTS: &[&str] = &["huggingface/hub", "ollama/models"];
+
+/// Notified after a name or content changes, so the adapter can invalidate kernel caches.
+pub trait ChangeListener: Send + Sync {
+    fn entry_changed(&self, parent: u64, name: &[u8]);
+    fn content_changed(&self, ino: u64);
+}
+
+/// One entry returned by readdir; `next_offset` resumes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaddirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub next_offset: u64,
+}
+
+/// What kind of node to make, with its mode bits and kind-specific data.
+struct NodeSpec {
+    kind: NodeKind,
+    perm: u32,
+    target: Option<Vec<u8>>,
+    rdev: u32,
+}
+
+impl NodeSpec {
+    fn new(kind: NodeKind, perm: u32) -> NodeSpec {
+        NodeSpec { kind, perm, target: None, rdev: 0 }
+    }
+}
+
+/// A directory listing captured at opendir, served to readdir by offset.
+pub(crate) struct DirListing {
+    pub entries: Vec<(Vec<u8>, u64, NodeKind)>,
+}
+
+pub struct Vfs {
+    pub(crate) store: Arc<Store>,
+    pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    pub(crate) handles: Mutex<HashMap<u64, u64>>,
+    pub(crate) dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+    pub(crate) next_fh: AtomicU64,
+    pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
+}
+
+pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+fn set_time(t: SetTime) -> i64 {
+    match t {
+        SetTime::Now => now_ns(),
+        SetTime::At(t) => t,
+    }
+}
+
+impl Vfs {
+    /// Wraps an open store: clears leftover staging and creates the writable roots.
+    pub fn new(store: Arc<Store>) -> FsResult<Vfs> {
+        let staging = store.staging_dir();
+        if staging.exists() {
+            // Bytes written but never closed or fsynced were never promised; the committed
+            // content of those files is what the catalog has.
+            let leftovers = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+            if leftovers > 0 {
+                tracing::info!(count = leftovers, "discarding uncommitted staging files");
+            }
+            std::fs::remove_dir_all(&staging)?;
+        }
+        std::fs::create_dir_all(&staging)?;
+        let uid = unsafe { libc::geteuid() };
+        let gid = unsafe { libc::getegid() };
+        store.catalog().write(|tx| {
+            for root in WRITABLE_ROOTS {
+                let parts: Vec<&[u8]> = root.split('/').map(str::as_bytes).collect();
+                tx.mkdir_p(&parts, 0o755, uid, gid)?;
+            }
+            Ok(())
+        })?;
+        Ok(Vfs {
+            store,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            listener: Mutex::new(None),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn set_listener(&self, listener: Arc<dyn ChangeListener>) {
+        *self.listener.lock() = Some(listener);
+    }
+
+    pub(crate) fn notify_entry(&self, parent: u64, name: &[u8]) {
+        if let Some(l) = self.listener.lock().clone() {
+            l.entry_changed(parent, name);
+        }
+    }
+
+    pub(crate) fn read_tx<T>(&self, f: impl FnOnce(&Tx) -> store::Result<T>) -> FsResult<T> {
+        Ok(self.store.catalog().read(f)?)
+    }
+
+    pub(crate) fn write_tx<T>(&self, f: impl FnOnce(&Tx) -> FsResult<T>) -> FsResult<T> {
+        // Errno from inside the transaction must abort it; carry it through StoreError.
+        let mut inner = None;
+        let result = self.store.catalog().write(|tx| match f(tx) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                inner = Some(e);
+                Err(store::StoreError::Inconsistent("aborted".into()))
+            }
+        });
+        match (result, inner) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Some(errno)) => Err(errno),
+            (Err(e), None) => Err(e.into()),
+        }
+    }
+
+    fn inode(&self, tx: &Tx, ino: u64) -> FsResult<Inode> {
+        tx.inode(ino)?.ok_or(Errno::ENOENT)
+    }
+
+    /// Attributes, with size and times of a file being written taken from its open state.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
+        Ok(self.overlay(Attr::from_inode(&inode)))
+    }
+
+    pub(crate) fn overlay(&self, mut attr: Attr) -> Attr {
+        if attr.kind == NodeKind::File {
+            let file = self.files.lock().get(&attr.ino).cloned();
+            if let Some(file) = file {
+                file.overlay_attr(&mut attr);
+            }
+        }
+        attr
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        if name.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let inode = self.read_tx(|tx| {
+            let Some(ino) = tx.lookup(parent, name)? else {
+                return Ok(None);
+            };
+            tx.inode(ino)
+        })?;
+        let inode = inode.ok_or(Errno::ENOENT)?;
+        Ok(self.overlay(Attr::from_inode(&inode)))
+    }
+
+    fn parent_dir(&self, tx: &Tx, parent: u64) -> FsResult<Inode> {
+        let dir = self.inode(tx, parent)?;
+        if dir.kind != NodeKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if dir.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        Ok(dir)
+    }
+
+    /// Creates a node of any kind under `parent`, following ext4's ownership rules (setgid
+    /// directories pass their group, and the bit to subdirectories).
+    fn make_node(&self, parent: u64, name: &[u8], node: NodeSpec, caller: Caller) -> FsResult<Attr> {
+        let NodeSpec { kind, perm, target, rdev } = node;
+        check_name(name)?;
+        let inode = self.write_tx(|tx| {
+            let dir = self.parent_dir(tx, parent)?;
+            if tx.lookup(parent, name)?.is_some() {
+                return Err(Errno::EEXIST);
+            }
+            let mut perm = perm & 0o7777;
+            let gid = if dir.perm & 0o2000 != 0 {
+                if kind == NodeKind::Dir {
+                    perm |= 0o2000;
+                }
+                dir.gid
+            } else {
+                caller.gid
+            };
+            let now = now_ns();
+            let ino = tx.create_inode(&NewInode {
+                kind,
+                perm,
+                uid: caller.uid,
+                gid,
+                time: now,
+                target,
+                rdev,
+            })?;
+            tx.link_entry(parent, name, ino)?;
+            tx.touch_times(parent, Some(now), Some(now))?;
+            Ok(tx.inode_required(ino)?)
+        })?;
+        self.notify_entry(parent, name);
+        Ok(Attr::from_inode(&inode))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, umask: u32, caller: Caller) -> FsResult<Attr> {
+        self.make_node(parent, name, NodeSpec::new(NodeKind::Dir, mode & !umask), caller)
+    }
+
+    /// Only regular files can be made (FIFOs, sockets and devices have no place in a model
+    /// store).
+    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32, caller: Caller) -> FsResult<Attr> {
+        let fmt = mode & libc::S_IFMT;
+        if fmt != 0 && fmt != libc::S_IFREG {
+            return Err(Errno::EPERM);
+        }
+        let node = NodeSpec { rdev, ..NodeSpec::new(NodeKind::File, mode & !umask) };
+        self.make_node(parent, name, node, caller)
+    }
+
+    pub(crate) fn create_file(&self, parent: u64, name: &[u8], mode: u32, umask: u32, caller: Caller) -> FsResult<Attr> {
+        self.make_node(parent, name, NodeSpec::new(NodeKind::File, mode & !umask), caller)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> FsResult<Attr> {
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if target.len() > 4095 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let node = NodeSpec { target: Some(target.to_vec()), ..NodeSpec::new(NodeKind::Symlink, 0o777) };
+        self.make_node(parent, name, node, caller)
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
+        match (inode.kind, inode.target) {
+            (NodeKind::Symlink, Some(target)) => Ok(target),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
+        check_name(new_name)?;
+        let inode = self.write_tx(|tx| {
+            self.parent_dir(tx, new_parent)?;
+            let inode = self.inode(tx, ino)?;
+            if inode.kind == NodeKind::Dir {
+                return Err(Errno::EPERM);
+            }
+            if inode.nlink == 0 {
+                return Err(Errno::ENOENT);
+            }
+            if inode.nlink >= 65_000 {
+                return Err(Errno::EMLINK);
+            }
+            if tx.lookup(new_parent, new_name)?.is_some() {
+                return Err(Errno::EEXIST);
+            }
+            tx.link_entry(new_parent, new_name, ino)?;
+            let now = now_ns();
+            tx.touch_times(ino, None, Some(now))?;
+            tx.touch_times(new_parent, Some(now), Some(now))?;
+            Ok(tx.inode_required(ino)?)
+        })?;
+        self.notify_entry(new_parent, new_name);
+        Ok(self.overlay(Attr::from_inode(&inode)))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        if name == b"." {
+            return Err(Errno::EINVAL);
+        }
+        if name == b".." {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let removed = self.write_tx(|tx| {
+            self.parent_dir(tx, parent)?;
+            let ino = tx.lookup(parent, name)?.ok_or(Errno::ENOENT)?;
+            let inode = self.inode(tx, ino)?;
+            match (dir, inode.kind == NodeKind::Dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !tx.dir_is_empty(ino)? => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+            self.unlink_in_tx(tx, parent, name)
+        })?;
+        self.notify_entry(parent, name);
+        let _ = removed;
+        Ok(())
+    }
+
+    /// Removes an entry inside a transaction; the inode itself goes once no open file holds it.
+    fn unlink_in_tx(&self, tx: &Tx, parent: u64, name: &[u8]) -> FsResult<u64> {
+        let inode = tx.unlink_entry(parent, name)?;
+        let now = now_ns();
+        tx.touch_times(parent, Some(now), Some(now))?;
+        if inode.nlink > 0 {
+            tx.touch_times(inode.ino, None, Some(now))?;
+        } else if !self.files.lock().contains_key(&inode.ino) {
+            tx.delete_inode_if_unlinked(inode.ino)?;
+        }
+        Ok(inode.ino)
+    }
+
+    /// rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE.
+    pub fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
+        check_name(new_name)?;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+            return Err(Errno::EINVAL);
+        }
+        self.write_tx(|tx| {
+            self.parent_dir(tx, parent)?;
+            self.parent_dir(tx, new_parent)?;
+            let ino = tx.lookup(parent, name)?.ok_or(Errno::ENOENT)?;
+            let source = self.inode(tx, ino)?;
+            let target = tx.lookup(new_parent, new_name)?;
+            if target == Some(ino) {
+                return Ok(());
+            }
+            if source.kind == NodeKind::Dir && self.is_ancestor(tx, ino, new_parent)? {
+                return Err(Errno::EINVAL);
+            }
+            let now = now_ns();
+            if exchange {
+                let target = target.ok_or(Errno::ENOENT)?;
+                let target_inode = self.inode(tx, target)?;
+                if target_inode.kind == NodeKind::Dir && self.is_ancestor(tx, target, parent)? {
+                    return Err(Errno::EINVAL);
+                }
+                tx.unlink_entry(parent, name)?;
+                tx.unlink_entry(new_parent, new_name)?;
+                tx.link_entry(parent, name, target)?;
+                tx.link_entry(new_parent, new_name, ino)?;
+                tx.touch_times(target, None, Some(now))?;
+            } else {
+                if let Some(target) = target {
+                    if noreplace {
+                        return Err(Errno::EEXIST);
+                    }
+                    let target_inode = self.inode(tx, target)?;
+                    match (source.kind == NodeKind::Dir, target_inode.kind == NodeKind::Dir) {
+                        (true, false) => return Err(Errno::ENOTDIR),
+                        (false, true) => return Err(Errno::EISDIR),
+                        (true, true) if !tx.dir_is_empty(target)? => return Err(Errno::ENOTEMPTY),
+                        _ => {}
+                    }
+                    self.unlink_in_tx(tx, new_parent, new_name)?;
+                }
+                tx.unlink_entry(parent, name)?;
+                tx.link_entry(new_parent, new_name, ino)?;
+            }
+            tx.touch_times(ino, None, Some(now))?;
+            tx.touch_times(parent, Some(now), Some(now))?;
+            tx.touch_times(new_parent, Some(now), Some(now))?;
+            Ok(())
+        })?;
+        self.notify_entry(parent, name);
+        self.notify_entry(new_parent, new_name);
+        Ok(())
+    }
+
+    /// Whether `dir` is `node` or lies below it (renaming a directory into itself is EINVAL).
+    fn is_ancestor(&self, tx: &Tx, node: u64, mut dir: u64) -> FsResult<bool> {
+        for _ in 0..4096 {
+            if dir == node {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = tx.parent_of_dir(dir)?.unwrap_or(ROOT_INO);
+        }
+        Err(Errno::EIO)
+    }
+
+    /// chmod, chown, utimens and truncate. The kernel has already checked permissions
+    /// (default_permissions); what is left is ext4's bookkeeping.
+    pub fn setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> FsResult<Attr> {
+        if let Some(size) = set.size {
+            self.truncate(ino, size)?;
+        }
+        let inode = self.write_tx(|tx| {
+            let mut inode = self.inode(tx, ino)?;
+            let now = now_ns();
+            let mut changed = false;
+            if let Some(mode) = set.mode {
+                inode.perm = mode & 0o7777;
+                // ext4 drops setgid when the caller is not in the file's group.
+                if caller.uid != 0 && caller.gid != inode.gid && inode.kind != NodeKind::Dir {
+                    inode.perm &= !0o2000;
+                }
+                changed = true;
+            }
+            if set.uid.is_some() || set.gid.is_some() {
+                let uid_changes = set.uid.is_some_and(|u| u != inode.uid);
+                let gid_changes = set.gid.is_some_and(|g| g != inode.gid);
+                if let Some(uid) = set.uid {
+                    inode.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    inode.gid = gid;
+                }
+                // chown clears setuid/setgid on regular files (as ext4 does), even for root.
+                if (uid_changes || gid_changes || caller.uid != 0) && inode.kind == NodeKind::File {
+                    inode.perm &= !0o6000;
+                }
+                changed = true;
+            }
+            if let Some(t) = set.atime {
+                inode.atime = set_time(t);
+                changed = true;
+            }
+            if let Some(t) = set.mtime {
+                inode.mtime = set_time(t);
+                changed = true;
+            }
+            if changed || set.size.is_some() {
+                inode.ctime = set.ctime.unwrap_or(now);
+            }
+            if let Some(size) = set.size {
+                inode.size = size;
+            }
+            tx.update_inode(&inode)?;
+            Ok(inode)
+        })?;
+        let mut attr = Attr::from_inode(&inode);
+        let file = self.files.lock().get(&ino).cloned();
+        if let Some(file) = file {
+            file.absorb_setattr(&set, &inode);
+            file.overlay_attr(&mut attr);
+        }
+        Ok(attr)
+    }
+
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let entries = self.read_tx(|tx| tx.read_dir(ino, None))?;
+        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
+        if inode.kind != NodeKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let parent = self.read_tx(|tx| tx.parent_of_dir(ino))?.unwrap_or(ROOT_INO);
+        let mut listing = vec![(b".".to_vec(), ino, NodeKind::Dir), (b"..".to_vec(), parent, NodeKind::Dir)];
+        listing.extend(entries.into_iter().map(|e| (e.name, e.ino, e.kind)));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, Arc::new(DirListing { entries: listing }));
+        Ok(fh)
+    }
+
+    /// Entries from `offset` on: (name, ino, kind, next offset).
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<ReaddirEntry>> {
+        let listing = self.dirs.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        Ok(listing
+            .entries
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (name, ino, kind))| ReaddirEntry {
+                name: name.clone(),
+                ino: *ino,
+                kind: *kind,
+                next_offset: i as u64 + 1,
+            })
+            .collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let root = self.store.root();
+        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs writes into the struct we own.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let totals = self.read_tx(|tx| tx.totals())?;
+        Ok(StatFs {
+            blocks: st.f_blocks as u64,
+            bfree: st.f_bfree as u64,
+            bavail: st.f_bavail as u64,
+            files: (st.f_files as u64).max(totals.files + st.f_ffree as u64),
+            ffree: st.f_ffree as u64,
+            bsize: st.f_bsize as u32,
+            namelen: NAME_MAX as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.read_tx(|tx| tx.get_xattr(ino, name))?.ok_or(Errno::ENODATA)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(Errno::ERANGE);
+        }
+        if value.len() > 64 * 1024 {
+            return Err(Errno(libc::E2BIG));
+        }
+        self.write_tx(|tx| {
+            self.inode(tx, ino)?;
+            let exists = tx.get_xattr(ino, name)?.is_some();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(Errno::EEXIST);
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(Errno::ENODATA);
+            }
+            tx.set_xattr(ino, name, value)?;
+            tx.touch_times(ino, None, Some(now_ns()))?;
+            Ok(())
+        })
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let names = self.read_tx(|tx| tx.list_xattrs(ino))?;
+        let mut out = Vec::new();
+        for name in names {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.write_tx(|tx| {
+            if !tx.remove_xattr(ino, name)? {
+                return Err(Errno::ENODATA);
+            }
+            tx.touch_times(ino, None, Some(now_ns()))?;
+            Ok(())
+        })
+    }
+}
