@@ -19,7 +19,7 @@ const MIGRATIONS: &[&str] = &[
     // v1: the first schema.
     r#"
     CREATE TABLE inodes (
-        ino      INTEGER PRIMARY KEY,
+        ino      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the kernel caches inode numbers
         kind     INTEGER NOT NULL,          -- 1 file, 2 directory, 3 symlink
         perm     INTEGER NOT NULL,          -- mode & 07777
         uid      INTEGER NOT NULL,
