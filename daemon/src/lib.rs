@@ -13,7 +13,9 @@ pub use mounts::{is_mountpoint, unmount};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("/dev/fuse is missing: install FUSE (e.g. `apt-get install fuse3`) or load the fuse module")]
+    #[error(
+        "/dev/fuse is missing: install FUSE (e.g. `apt-get install fuse3`) or load the fuse module"
+    )]
     NoFuse,
     #[error("{0} is already a mount point (unmount it first with `mlxfs unmount {0}`)")]
     MountpointBusy(String),
@@ -92,7 +94,12 @@ pub fn preflight(mountpoint: &Path) -> Result<(), DaemonError> {
                 source,
             })?;
         }
-        Err(source) => return Err(DaemonError::Mountpoint { path: shown, source }),
+        Err(source) => {
+            return Err(DaemonError::Mountpoint {
+                path: shown,
+                source,
+            })
+        }
     }
     if is_mountpoint(mountpoint) {
         return Err(DaemonError::MountpointBusy(shown));
@@ -102,7 +109,10 @@ pub fn preflight(mountpoint: &Path) -> Result<(), DaemonError> {
 
 /// Mounts and serves until unmounted or signalled. `ready` is called once the mount answers
 /// (or with the error that stopped it), so a parent waiting on `--daemon` can exit.
-pub fn run(request: &MountRequest, ready: impl FnOnce(Result<(), String>)) -> Result<(), DaemonError> {
+pub fn run(
+    request: &MountRequest,
+    ready: impl FnOnce(Result<(), String>),
+) -> Result<(), DaemonError> {
     let mut ready = Some(ready);
     let mut report = |r: Result<(), String>| {
         if let Some(f) = ready.take() {
@@ -116,7 +126,10 @@ pub fn run(request: &MountRequest, ready: impl FnOnce(Result<(), String>)) -> Re
     result
 }
 
-fn serve(request: &MountRequest, report: &mut dyn FnMut(Result<(), String>)) -> Result<(), DaemonError> {
+fn serve(
+    request: &MountRequest,
+    report: &mut dyn FnMut(Result<(), String>),
+) -> Result<(), DaemonError> {
     preflight(&request.mountpoint)?;
     let mountpoint = request.mountpoint.canonicalize()?;
     let store = Arc::new(Store::open(&request.store, request.store_options.clone())?);
@@ -125,9 +138,11 @@ fn serve(request: &MountRequest, report: &mut dyn FnMut(Result<(), String>)) -> 
         allow_other: request.allow_other,
         threads: fs::platform::worker_threads(),
     };
-    let session = fs::fuse::mount(vfs.clone(), &mountpoint, &config).map_err(|source| DaemonError::Mount {
-        path: mountpoint.display().to_string(),
-        source,
+    let session = fs::fuse::mount(vfs.clone(), &mountpoint, &config).map_err(|source| {
+        DaemonError::Mount {
+            path: mountpoint.display().to_string(),
+            source,
+        }
     })?;
     // The mount answers once a stat through it succeeds.
     let started = std::time::Instant::now();
@@ -147,7 +162,10 @@ fn serve(request: &MountRequest, report: &mut dyn FnMut(Result<(), String>)) -> 
         started: store::namespace::now_ns(),
     };
     let record_path = request.store.join(RECORD_FILE);
-    std::fs::write(&record_path, serde_json::to_vec_pretty(&record).unwrap_or_default())?;
+    std::fs::write(
+        &record_path,
+        serde_json::to_vec_pretty(&record).unwrap_or_default(),
+    )?;
     tracing::info!(mountpoint = %mountpoint.display(), pid = record.pid, "mounted");
     report(Ok(()));
 
@@ -162,7 +180,10 @@ fn serve(request: &MountRequest, report: &mut dyn FnMut(Result<(), String>)) -> 
     let watcher = std::thread::spawn(move || {
         let mut signals = signals;
         if let Some(signal) = signals.forever().next() {
-            tracing::info!(signal, "signal received: committing open files and unmounting");
+            tracing::info!(
+                signal,
+                "signal received: committing open files and unmounting"
+            );
             if let Err(e) = signal_vfs.commit_all() {
                 tracing::error!(error = %e, "committing open files");
             }

@@ -21,7 +21,10 @@ pub fn is_mountpoint(path: &Path) -> bool {
 }
 
 fn unescape_mount_path(raw: &str) -> String {
-    raw.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    raw.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 fn path_cstring(path: &Path) -> std::io::Result<std::ffi::CString> {
@@ -47,7 +50,9 @@ fn fusermount(path: &Path, lazy: bool) -> std::io::Result<()> {
         match cmd.output() {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
-                last = Some(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+                last = Some(std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ));
             }
             Err(e) => last = Some(e),
         }

@@ -75,7 +75,11 @@ pub struct Caller {
 
 impl Caller {
     pub fn root() -> Caller {
-        Caller { uid: 0, gid: 0, pid: 0 }
+        Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        }
     }
 }
 

@@ -144,12 +144,23 @@ impl Vfs {
                 return Err(e);
             }
         }
-        Ok(Opened { fh, keep_cache: keep_cache && flags & libc::O_TRUNC == 0 })
+        Ok(Opened {
+            fh,
+            keep_cache: keep_cache && flags & libc::O_TRUNC == 0,
+        })
     }
 
     /// Creates and opens a file (O_CREAT|O_EXCL semantics are the kernel's: it only calls
     /// create when the name is absent).
-    pub fn create(&self, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32, caller: Caller) -> FsResult<(Attr, Opened)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
         let attr = self.create_file(parent, name, mode, umask, caller)?;
         let opened = self.open(attr.ino, flags & !libc::O_TRUNC)?;
         Ok((attr, opened))
@@ -159,7 +170,9 @@ impl Vfs {
         if state.content_loaded {
             return Ok(());
         }
-        let inode = self.read_tx(|tx| tx.inode(file.ino))?.ok_or(Errno::ENOENT)?;
+        let inode = self
+            .read_tx(|tx| tx.inode(file.ino))?
+            .ok_or(Errno::ENOENT)?;
         state.content = match inode.content {
             Some(id) => Some(Arc::new(self.read_tx(|tx| tx.content_map(id))?)),
             None => None,
@@ -209,9 +222,14 @@ impl Vfs {
         if state.staged.is_some() {
             return Ok(());
         }
-        let inode = self.read_tx(|tx| tx.inode(file.ino))?.ok_or(Errno::ENOENT)?;
+        let inode = self
+            .read_tx(|tx| tx.inode(file.ino))?
+            .ok_or(Errno::ENOENT)?;
         self.load_content(file, state)?;
-        let path = self.store.staging_dir().join(format!("{}-{}", file.ino, now_ns()));
+        let path = self
+            .store
+            .staging_dir()
+            .join(format!("{}-{}", file.ino, now_ns()));
         let staging = OpenOptions::new()
             .read(true)
             .write(true)
@@ -250,7 +268,14 @@ impl Vfs {
         Ok(())
     }
 
-    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], append: bool) -> FsResult<u32> {
+    pub fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> FsResult<u32> {
         let file = self.handle_file(fh)?;
         debug_assert_eq!(file.ino, ino);
         let mut state = file.state.lock();

@@ -45,7 +45,12 @@ struct NodeSpec {
 
 impl NodeSpec {
     fn new(kind: NodeKind, perm: u32) -> NodeSpec {
-        NodeSpec { kind, perm, target: None, rdev: 0 }
+        NodeSpec {
+            kind,
+            perm,
+            target: None,
+            rdev: 0,
+        }
     }
 }
 
@@ -64,7 +69,8 @@ pub struct Vfs {
 }
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(Errno::EINVAL);
     }
     if name.len() > NAME_MAX {
@@ -195,8 +201,19 @@ impl Vfs {
 
     /// Creates a node of any kind under `parent`, following ext4's ownership rules (setgid
     /// directories pass their group, and the bit to subdirectories).
-    fn make_node(&self, parent: u64, name: &[u8], node: NodeSpec, caller: Caller) -> FsResult<Attr> {
-        let NodeSpec { kind, perm, target, rdev } = node;
+    fn make_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        node: NodeSpec,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let NodeSpec {
+            kind,
+            perm,
+            target,
+            rdev,
+        } = node;
         check_name(name)?;
         let inode = self.write_tx(|tx| {
             let dir = self.parent_dir(tx, parent)?;
@@ -230,33 +247,77 @@ impl Vfs {
         Ok(Attr::from_inode(&inode))
     }
 
-    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, umask: u32, caller: Caller) -> FsResult<Attr> {
-        self.make_node(parent, name, NodeSpec::new(NodeKind::Dir, mode & !umask), caller)
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.make_node(
+            parent,
+            name,
+            NodeSpec::new(NodeKind::Dir, mode & !umask),
+            caller,
+        )
     }
 
     /// Only regular files can be made (FIFOs, sockets and devices have no place in a model
     /// store).
-    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32, caller: Caller) -> FsResult<Attr> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
         let fmt = mode & libc::S_IFMT;
         if fmt != 0 && fmt != libc::S_IFREG {
             return Err(Errno::EPERM);
         }
-        let node = NodeSpec { rdev, ..NodeSpec::new(NodeKind::File, mode & !umask) };
+        let node = NodeSpec {
+            rdev,
+            ..NodeSpec::new(NodeKind::File, mode & !umask)
+        };
         self.make_node(parent, name, node, caller)
     }
 
-    pub(crate) fn create_file(&self, parent: u64, name: &[u8], mode: u32, umask: u32, caller: Caller) -> FsResult<Attr> {
-        self.make_node(parent, name, NodeSpec::new(NodeKind::File, mode & !umask), caller)
+    pub(crate) fn create_file(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.make_node(
+            parent,
+            name,
+            NodeSpec::new(NodeKind::File, mode & !umask),
+            caller,
+        )
     }
 
-    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> FsResult<Attr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> FsResult<Attr> {
         if target.is_empty() {
             return Err(Errno::ENOENT);
         }
         if target.len() > 4095 {
             return Err(Errno::ENAMETOOLONG);
         }
-        let node = NodeSpec { target: Some(target.to_vec()), ..NodeSpec::new(NodeKind::Symlink, 0o777) };
+        let node = NodeSpec {
+            target: Some(target.to_vec()),
+            ..NodeSpec::new(NodeKind::Symlink, 0o777)
+        };
         self.make_node(parent, name, node, caller)
     }
 
@@ -341,11 +402,19 @@ impl Vfs {
     }
 
     /// rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE.
-    pub fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
         check_name(new_name)?;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
             return Err(Errno::EINVAL);
         }
         self.write_tx(|tx| {
@@ -378,7 +447,10 @@ impl Vfs {
                         return Err(Errno::EEXIST);
                     }
                     let target_inode = self.inode(tx, target)?;
-                    match (source.kind == NodeKind::Dir, target_inode.kind == NodeKind::Dir) {
+                    match (
+                        source.kind == NodeKind::Dir,
+                        target_inode.kind == NodeKind::Dir,
+                    ) {
                         (true, false) => return Err(Errno::ENOTDIR),
                         (false, true) => return Err(Errno::EISDIR),
                         (true, true) if !tx.dir_is_empty(target)? => return Err(Errno::ENOTEMPTY),
@@ -478,11 +550,18 @@ impl Vfs {
         if inode.kind != NodeKind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        let parent = self.read_tx(|tx| tx.parent_of_dir(ino))?.unwrap_or(ROOT_INO);
-        let mut listing = vec![(b".".to_vec(), ino, NodeKind::Dir), (b"..".to_vec(), parent, NodeKind::Dir)];
+        let parent = self
+            .read_tx(|tx| tx.parent_of_dir(ino))?
+            .unwrap_or(ROOT_INO);
+        let mut listing = vec![
+            (b".".to_vec(), ino, NodeKind::Dir),
+            (b"..".to_vec(), parent, NodeKind::Dir),
+        ];
         listing.extend(entries.into_iter().map(|e| (e.name, e.ino, e.kind)));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().insert(fh, Arc::new(DirListing { entries: listing }));
+        self.dirs
+            .lock()
+            .insert(fh, Arc::new(DirListing { entries: listing }));
         Ok(fh)
     }
 
@@ -509,7 +588,8 @@ impl Vfs {
 
     pub fn statfs(&self) -> FsResult<StatFs> {
         let root = self.store.root();
-        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+            .map_err(|_| Errno::EINVAL)?;
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: statvfs writes into the struct we own.
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
@@ -529,7 +609,8 @@ impl Vfs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.read_tx(|tx| tx.get_xattr(ino, name))?.ok_or(Errno::ENODATA)
+        self.read_tx(|tx| tx.get_xattr(ino, name))?
+            .ok_or(Errno::ENODATA)
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {

@@ -1,0 +1,240 @@
+//! The core Vfs without a mount: namespace and file semantics, persistence across reopen.
+
+use std::sync::Arc;
+
+use fs::{Caller, Errno, SetAttr, Vfs};
+use store::{NodeKind, Store, StoreOptions, ROOT_INO};
+
+fn caller() -> Caller {
+    Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+    }
+}
+
+fn open_vfs(dir: &std::path::Path) -> Vfs {
+    let store = Store::open(dir, StoreOptions::default()).expect("open store");
+    Vfs::new(Arc::new(store)).expect("vfs")
+}
+
+fn write_file(vfs: &Vfs, parent: u64, name: &[u8], data: &[u8]) -> u64 {
+    let (attr, opened) = vfs
+        .create(parent, name, 0o644, 0o022, libc::O_WRONLY, caller())
+        .unwrap();
+    let mut off = 0;
+    for piece in data.chunks(100_000) {
+        vfs.write(attr.ino, opened.fh, off, piece, false).unwrap();
+        off += piece.len() as u64;
+    }
+    vfs.flush(opened.fh).unwrap();
+    vfs.release(opened.fh).unwrap();
+    attr.ino
+}
+
+fn read_all(vfs: &Vfs, ino: u64) -> Vec<u8> {
+    let opened = vfs.open(ino, libc::O_RDONLY).unwrap();
+    let size = vfs.getattr(ino).unwrap().size;
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let piece = vfs.read(ino, opened.fh, out.len() as u64, 1 << 20).unwrap();
+        assert!(!piece.is_empty(), "short read at {}", out.len());
+        out.extend_from_slice(&piece);
+    }
+    vfs.release(opened.fh).unwrap();
+    out
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn roots_exist_and_files_round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(3 << 20, 1);
+    let ino;
+    {
+        let vfs = open_vfs(dir.path());
+        let hf = vfs.lookup(ROOT_INO, b"huggingface").unwrap();
+        let hub = vfs.lookup(hf.ino, b"hub").unwrap();
+        assert_eq!(hub.kind, NodeKind::Dir);
+        ino = write_file(&vfs, hub.ino, b"blob", &data);
+        assert_eq!(read_all(&vfs, ino), data);
+    }
+    let vfs = open_vfs(dir.path());
+    assert_eq!(vfs.getattr(ino).unwrap().size, data.len() as u64);
+    assert_eq!(read_all(&vfs, ino), data);
+}
+
+#[test]
+fn readers_see_writes_before_close_and_sparse_growth_reads_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let (attr, w) = vfs
+        .create(ROOT_INO, b"partial", 0o644, 0, libc::O_RDWR, caller())
+        .unwrap();
+    vfs.setattr(
+        attr.ino,
+        SetAttr {
+            size: Some(1 << 20),
+            ..Default::default()
+        },
+        caller(),
+    )
+    .unwrap();
+    vfs.write(attr.ino, w.fh, 4096, b"hello", false).unwrap();
+    let r = vfs.open(attr.ino, libc::O_RDONLY).unwrap();
+    let got = vfs.read(attr.ino, r.fh, 4090, 16).unwrap();
+    assert_eq!(&got[..6], &[0; 6]);
+    assert_eq!(&got[6..11], b"hello");
+    assert_eq!(vfs.getattr(attr.ino).unwrap().size, 1 << 20);
+    vfs.release(r.fh).unwrap();
+    vfs.release(w.fh).unwrap();
+    let all = read_all(&vfs, attr.ino);
+    assert_eq!(all.len(), 1 << 20);
+    assert_eq!(&all[4096..4101], b"hello");
+    assert!(all[..4096].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn copy_on_write_leaves_files_sharing_chunks_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let data = pseudo_random(2 << 20, 7);
+    let a = write_file(&vfs, ROOT_INO, b"a", &data);
+    let b = write_file(&vfs, ROOT_INO, b"b", &data);
+    let w = vfs.open(b, libc::O_WRONLY).unwrap();
+    vfs.write(b, w.fh, 10, b"CHANGED", false).unwrap();
+    vfs.release(w.fh).unwrap();
+    assert_eq!(read_all(&vfs, a), data);
+    let mut expected = data.clone();
+    expected[10..17].copy_from_slice(b"CHANGED");
+    assert_eq!(read_all(&vfs, b), expected);
+}
+
+#[test]
+fn truncate_down_then_up_shows_zeros_not_old_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let data = pseudo_random(100_000, 3);
+    let ino = write_file(&vfs, ROOT_INO, b"f", &data);
+    vfs.setattr(
+        ino,
+        SetAttr {
+            size: Some(10),
+            ..Default::default()
+        },
+        caller(),
+    )
+    .unwrap();
+    vfs.setattr(
+        ino,
+        SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+        caller(),
+    )
+    .unwrap();
+    let got = read_all(&vfs, ino);
+    assert_eq!(&got[..10], &data[..10]);
+    assert!(got[10..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn namespace_errors_and_link_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let d = vfs.mkdir(ROOT_INO, b"d", 0o755, 0, caller()).unwrap();
+    assert_eq!(d.nlink, 2);
+    assert_eq!(
+        vfs.mkdir(ROOT_INO, b"d", 0o755, 0, caller()),
+        Err(Errno::EEXIST)
+    );
+    let f = write_file(&vfs, d.ino, b"f", b"x");
+    assert_eq!(vfs.rmdir(ROOT_INO, b"d"), Err(Errno::ENOTEMPTY));
+    assert_eq!(vfs.unlink(ROOT_INO, b"d"), Err(Errno::EISDIR));
+    assert_eq!(vfs.rmdir(d.ino, b"f"), Err(Errno::ENOTDIR));
+    let linked = vfs.link(f, ROOT_INO, b"hard").unwrap();
+    assert_eq!(linked.nlink, 2);
+    vfs.unlink(d.ino, b"f").unwrap();
+    assert_eq!(vfs.getattr(f).unwrap().nlink, 1);
+    let sub = vfs.mkdir(d.ino, b"sub", 0o755, 0, caller()).unwrap();
+    assert_eq!(vfs.getattr(d.ino).unwrap().nlink, 3);
+    assert_eq!(
+        vfs.rename(ROOT_INO, b"d", sub.ino, b"x", 0),
+        Err(Errno::EINVAL)
+    );
+    vfs.rmdir(d.ino, b"sub").unwrap();
+    assert_eq!(vfs.getattr(d.ino).unwrap().nlink, 2);
+    vfs.rmdir(ROOT_INO, b"d").unwrap();
+    assert_eq!(vfs.lookup(ROOT_INO, b"d"), Err(Errno::ENOENT));
+    assert_eq!(vfs.lookup(ROOT_INO, &[b'a'; 256]), Err(Errno::ENAMETOOLONG));
+}
+
+#[test]
+fn rename_replaces_noreplace_refuses_exchange_swaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let a = write_file(&vfs, ROOT_INO, b"a", b"AAAA");
+    let b = write_file(&vfs, ROOT_INO, b"b", b"BB");
+    assert_eq!(
+        vfs.rename(ROOT_INO, b"a", ROOT_INO, b"b", libc::RENAME_NOREPLACE),
+        Err(Errno::EEXIST)
+    );
+    vfs.rename(ROOT_INO, b"a", ROOT_INO, b"b", libc::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(vfs.lookup(ROOT_INO, b"a").unwrap().ino, b);
+    assert_eq!(vfs.lookup(ROOT_INO, b"b").unwrap().ino, a);
+    vfs.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0).unwrap();
+    assert_eq!(vfs.lookup(ROOT_INO, b"a"), Err(Errno::ENOENT));
+    assert_eq!(
+        read_all(&vfs, vfs.lookup(ROOT_INO, b"b").unwrap().ino),
+        b"BB"
+    );
+    assert_eq!(vfs.getattr(a), Err(Errno::ENOENT), "replaced inode is gone");
+}
+
+#[test]
+fn unlinked_open_file_stays_readable_until_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let ino = write_file(&vfs, ROOT_INO, b"f", b"still here");
+    let r = vfs.open(ino, libc::O_RDONLY).unwrap();
+    vfs.unlink(ROOT_INO, b"f").unwrap();
+    assert_eq!(vfs.read(ino, r.fh, 0, 100).unwrap(), b"still here");
+    vfs.release(r.fh).unwrap();
+    assert_eq!(vfs.getattr(ino), Err(Errno::ENOENT));
+}
+
+#[test]
+fn symlinks_and_xattrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let l = vfs
+        .symlink(ROOT_INO, b"l", b"../../blobs/x", caller())
+        .unwrap();
+    assert_eq!(l.kind, NodeKind::Symlink);
+    assert_eq!(l.size, 13);
+    assert_eq!(vfs.readlink(l.ino).unwrap(), b"../../blobs/x");
+    let f = write_file(&vfs, ROOT_INO, b"f", b"");
+    assert_eq!(vfs.getxattr(f, b"user.k"), Err(Errno::ENODATA));
+    vfs.setxattr(f, b"user.k", b"v", 0).unwrap();
+    assert_eq!(
+        vfs.setxattr(f, b"user.k", b"v", libc::XATTR_CREATE),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(vfs.getxattr(f, b"user.k").unwrap(), b"v");
+    assert_eq!(vfs.listxattr(f).unwrap(), b"user.k\0");
+    vfs.removexattr(f, b"user.k").unwrap();
+    assert_eq!(vfs.removexattr(f, b"user.k"), Err(Errno::ENODATA));
+}
