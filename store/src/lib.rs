@@ -12,6 +12,7 @@ pub mod content;
 pub mod error;
 pub mod formats;
 pub mod gc;
+pub mod import;
 pub mod ingest;
 pub mod models;
 pub mod namespace;
