@@ -155,13 +155,16 @@ impl Tx<'_> {
                         loc.offset as i64,
                         loc.len as i64
                     ])?;
+                // Read the id now: the packs upsert below changes last_insert_rowid whenever it
+                // inserts a new pack row.
+                let id = self.conn.last_insert_rowid();
                 self.conn
                     .prepare_cached(
                         "INSERT INTO packs (id, size) VALUES (?1, ?2)
                          ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
                     )?
                     .execute(params![loc.pack as i64, (loc.offset + loc.len as u64) as i64])?;
-                self.conn.last_insert_rowid()
+                id
             }
         };
         self.conn

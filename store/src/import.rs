@@ -2070,6 +2070,26 @@ mod tests {
         assert_mirrors(&store, &hub, HF_ROOT);
     }
 
+    /// New data imported by a later session (which starts a new pack) reads back and verifies.
+    #[test]
+    fn import_in_a_second_session_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub1, hub2) = (tmp.path().join("hub1"), tmp.path().join("hub2"));
+        make_hub(&hub1, "org/one", 1);
+        make_hub(&hub2, "org/two", 7);
+        let dir = tmp.path().join("store");
+        open_store(&dir)
+            .import(std::slice::from_ref(&hub1), &|_| {})
+            .unwrap();
+        let store = open_store(&dir);
+        let report = store.import(std::slice::from_ref(&hub2), &|_| {}).unwrap();
+        assert!(report.new_bytes > 0);
+        assert_mirrors(&store, &hub2, HF_ROOT);
+        assert_mirrors(&store, &hub1, HF_ROOT);
+        let verify = store.verify(&|_| {}).unwrap();
+        assert!(verify.ok, "{:?}", verify.damaged);
+    }
+
     #[test]
     fn changed_file_replaces_content() {
         let tmp = tempfile::tempdir().unwrap();
