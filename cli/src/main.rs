@@ -1,1 +1,129 @@
-fn main() {}
+//! `mlxfs`: one deduplicating store for all your model weights.
+//!
+//! Exit status: 0 success; 1 error (or damage found by `verify`); 2 bad usage; 3 completed, but
+//! some entries were skipped (see stderr).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod human;
+
+use commands::{cat, gc, import, ls, mount, rm, scan, status, unmount, verify};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mlxfs",
+    version,
+    about = "One deduplicating store for all your model weights"
+)]
+#[command(
+    after_help = "Exit status: 0 ok, 1 error or damage, 2 usage, 3 done but something was skipped.\n\
+                        Logging: -v, -vv, -vvv or MLXFS_LOG (e.g. MLXFS_LOG=store=debug)."
+)]
+struct Cli {
+    /// Store directory [default: $XDG_DATA_HOME/mlxfs, else ~/.local/share/mlxfs]
+    #[arg(long, global = true, env = "MLXFS_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount the store's tree (default ~/.mlx-cache).
+    Mount(mount::MountArgs),
+    /// Unmount it.
+    Unmount(unmount::UnmountArgs),
+    /// Adopt Hugging Face hub caches and Ollama models dirs into the store.
+    Import(import::ImportArgs),
+    /// Dry run of import: what would be stored, per model and in total. Writes nothing.
+    Scan(scan::ScanArgs),
+    /// Usage and savings of the store.
+    Status(status::StatusArgs),
+    /// Models in the store, per layout.
+    Ls(ls::LsArgs),
+    /// Write a file of the store's tree to stdout.
+    Cat(cat::CatArgs),
+    /// Remove files (or, with -r, directories) from the store's tree.
+    Rm(rm::RmArgs),
+    /// Re-hash every chunk and every file; report damage by path.
+    Verify(verify::VerifyArgs),
+    /// Drop unreferenced chunks and compact packs.
+    Gc(gc::GcArgs),
+}
+
+/// `$XDG_DATA_HOME/mlxfs`, else `~/.local/share/mlxfs`.
+fn default_store() -> Result<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        let xdg = PathBuf::from(xdg);
+        // The XDG spec says relative values are to be ignored.
+        if xdg.is_absolute() {
+            return Ok(xdg.join("mlxfs"));
+        }
+    }
+    match std::env::var_os("HOME") {
+        Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(".local/share/mlxfs")),
+        _ => bail!("cannot find the store: set --store, MLXFS_STORE, XDG_DATA_HOME or HOME"),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let filter = match std::env::var("MLXFS_LOG") {
+        Ok(spec) if !spec.is_empty() => tracing_subscriber::EnvFilter::new(spec),
+        _ => tracing_subscriber::EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose >= 2)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let store = match cli.store {
+        Some(dir) => dir,
+        None => default_store()?,
+    };
+    match &cli.command {
+        Command::Mount(args) => mount::run(&store, args),
+        Command::Unmount(args) => unmount::run(&store, args),
+        Command::Import(args) => import::run(&store, args),
+        Command::Scan(args) => scan::run(&store, args),
+        Command::Status(args) => status::run(&store, args),
+        Command::Ls(args) => ls::run(&store, args),
+        Command::Cat(args) => cat::run(&store, args),
+        Command::Rm(args) => rm::run(&store, args),
+        Command::Verify(args) => verify::run(&store, args),
+        Command::Gc(args) => gc::run(&store, args),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if !matches!(cli.command, Command::Mount(_)) {
+        // Like other Unix tools, end quietly when the reader of stdout goes away
+        // (`mlxfs cat ... | head`). Not for the mount daemon, which must outlive its pipe.
+        // SAFETY: resetting a signal disposition to its default before any threads start.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("mlxfs: error: {e:#}");
+            ExitCode::from(commands::EXIT_FAILURE as u8)
+        }
+    }
+}

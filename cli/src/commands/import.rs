@@ -1,0 +1,99 @@
+//! `mlxfs import PATH... [--json]`
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use store::import::{import_total_bytes, recognise, ImportReport};
+
+use super::{open_store, print_json, progress_bar, EXIT_OK, EXIT_SKIPPED};
+use crate::human;
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// Hugging Face hub caches (e.g. ~/.cache/huggingface/hub), single models--* folders, or
+    /// Ollama models dirs (e.g. ~/.ollama/models).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
+    // Every PATH is recognised before the store is created or touched.
+    for path in &args.paths {
+        recognise(path)?;
+    }
+    let store = open_store(store_dir, true)?;
+    let bar = progress_bar(0, "importing");
+    if !bar.is_hidden() {
+        let total = import_total_bytes(&args.paths)?;
+        bar.set_length(total);
+        bar.set_style(progress_bar(total, "importing").style());
+    }
+    let report = store.import(&args.paths, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let report = report?;
+    store
+        .refresh_models()
+        .context("updating the model registry")?;
+    for s in &report.skipped {
+        eprintln!("skipped: {}: {}", s.path, s.reason);
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", summary(&report));
+    }
+    Ok(if report.skipped.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_SKIPPED
+    })
+}
+
+fn summary(r: &ImportReport) -> String {
+    let saved = r.bytes.saturating_sub(r.new_bytes);
+    let mut out = format!(
+        "imported {} files, {} symlinks, {} directories from {}\n",
+        human::count(r.files),
+        human::count(r.symlinks),
+        human::count(r.dirs),
+        r.sources
+            .iter()
+            .map(|s| format!("{} ({})", s.path.display(), s.layout.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rows = vec![
+        vec!["logical".into(), human::bytes(r.bytes), String::new()],
+        vec![
+            "new".into(),
+            human::bytes(r.new_bytes),
+            "appended to packs".into(),
+        ],
+        vec![
+            "saved".into(),
+            human::bytes(saved),
+            format!("{} deduplicated", human::percent(saved, r.bytes)),
+        ],
+    ];
+    out.push_str(&indent(&human::table(
+        &rows,
+        &[human::Align::Left, human::Align::Right, human::Align::Left],
+    )));
+    if !r.skipped.is_empty() {
+        out.push_str(&format!(
+            "  skipped {} entries (listed on stderr)\n",
+            r.skipped.len()
+        ));
+    }
+    out
+}
+
+pub fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
