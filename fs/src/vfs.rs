@@ -544,6 +544,23 @@ impl Vfs {
         Ok(attr)
     }
 
+    /// Clears setuid/setgid after an unprivileged write, as ext4 does.
+    pub fn kill_suid(&self, ino: u64) -> FsResult<()> {
+        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
+        if inode.perm & 0o6000 == 0 {
+            return Ok(());
+        }
+        self.write_tx(|tx| {
+            let mut inode = self.inode(tx, ino)?;
+            // setgid without group-exec is a mandatory-locking marker, which ext4 keeps.
+            let mask = if inode.perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+            inode.perm &= !mask;
+            inode.ctime = now_ns();
+            tx.update_inode(&inode)?;
+            Ok(())
+        })
+    }
+
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let entries = self.read_tx(|tx| tx.read_dir(ino, None))?;
         let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
