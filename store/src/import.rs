@@ -115,7 +115,8 @@ pub struct ImportReport {
     pub symlinks: u64,
     /// Names imported as extra hard links of a file already imported in this run.
     pub hardlinks: u64,
-    /// Logical bytes read from the source trees.
+    /// Logical bytes of the files imported (a digest-named file unchanged since the last import
+    /// is counted but not re-read).
     pub bytes: u64,
     /// Bytes appended to packs (what the store grew by, before metadata).
     pub new_bytes: u64,
@@ -783,6 +784,14 @@ fn git_blob_sha1(data: &[u8]) -> [u8; 20] {
     h.finalize().into()
 }
 
+fn sha_mismatch(got: &[u8; 32], want: &[u8; 32]) -> String {
+    format!(
+        "content SHA-256 is {}, not the {} its name claims",
+        hex::encode(got),
+        hex::encode(want)
+    )
+}
+
 /// Checks a file's content against what its name claims; `Err` is the skip reason. Warnings
 /// (a git blob name that does not match) go to `warn`.
 fn check_claim(
@@ -795,11 +804,7 @@ fn check_claim(
         Claim::Sha256(want) => {
             let got = sha.unwrap_or_else(|| crate::ingest::sha256(data));
             if got != want {
-                return Err(format!(
-                    "content SHA-256 is {}, not the {} its name claims",
-                    hex::encode(got),
-                    hex::encode(want)
-                ));
+                return Err(sha_mismatch(&got, &want));
             }
         }
         Claim::GitSha1(want) => {
@@ -1138,6 +1143,50 @@ impl Importer<'_> {
             }
         }
         let progress = self.progress;
+        let claimed = match claim {
+            Claim::Sha256(want) if meta.size > 0 => Some(want),
+            _ => None,
+        };
+
+        // A digest-named file: ask the store before reading anything.
+        let mut stored = None;
+        if let Some(want) = claimed {
+            self.flush()?;
+            let links = &mut *self.links;
+            let (unchanged, found) = self.store.catalog().write(|tx| {
+                // Unchanged since it was imported (same path, size and mtime, and a content
+                // with the digest the name claims): nothing to read.
+                if let Some(ino) = tx.lookup(parent, &name)? {
+                    let inode = tx.inode_required(ino)?;
+                    if let (NodeKind::File, Some(content)) = (inode.kind, inode.content) {
+                        if inode.size == meta.size
+                            && inode.mtime == meta.mtime
+                            && tx.content_sha256(content)? == Some(want)
+                        {
+                            let op = Op::File {
+                                parent,
+                                name: name.clone(),
+                                meta,
+                                content: Content::Existing(content),
+                                path: shown.clone(),
+                                link_key,
+                            };
+                            return Ok((Some(apply(tx, &op, links)?), None));
+                        }
+                    }
+                }
+                Ok((None, tx.content_by_sha256(&want, meta.size)?))
+            })?;
+            if let Some(outcome) = unchanged {
+                progress(meta.size);
+                self.report.bytes += meta.size;
+                self.report.already_stored_bytes += meta.size;
+                self.count(outcome);
+                return Ok(());
+            }
+            stored = found;
+        }
+
         let opened = file.open().and_then(|f| {
             let map = MappedFile::from_file(&f, path)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -1157,21 +1206,19 @@ impl Importer<'_> {
                 return Ok(());
             }
         };
-        let mut read_reported = false;
-        let sha = match claim {
-            Claim::Sha256(_) => {
-                read_reported = true;
-                Some(sha256_with_progress(&data, progress))
-            }
-            _ => None,
-        };
+        // The store has the claimed content: hash the source to prove it, then attach without
+        // chunking. A claimed digest the store lacks is checked after `prepare`, which computes
+        // the SHA-256 on the second core anyway.
+        let sha = stored.map(|_| sha256_with_progress(&data, progress));
         let mut warnings = Vec::new();
-        if let Err(reason) = check_claim(claim, &data, sha, &mut |m| warnings.push(m)) {
-            self.report.skipped.push(Skipped {
-                path: shown,
-                reason,
-            });
-            return Ok(());
+        if claimed.is_none() || sha.is_some() {
+            if let Err(reason) = check_claim(claim, &data, sha, &mut |m| warnings.push(m)) {
+                self.report.skipped.push(Skipped {
+                    path: shown,
+                    reason,
+                });
+                return Ok(());
+            }
         }
         if is_manifest(self.layout, rel) {
             if let Err(e) = parse_ollama_manifest(&data) {
@@ -1180,17 +1227,8 @@ impl Importer<'_> {
                 ));
             }
         }
-        for message in warnings {
-            self.report.warnings.push(Warning {
-                path: shown.clone(),
-                message,
-            });
-        }
-        self.report.bytes += meta.size;
 
-        // Fast path: the store already holds this exact content.
-        if let (Some(sha), true) = (sha, meta.size > 0) {
-            self.flush()?;
+        if let Some(sha) = sha {
             let links = &mut *self.links;
             let attached = self.store.catalog().write(|tx| {
                 let Some(id) = tx.content_by_sha256(&sha, meta.size)? else {
@@ -1207,6 +1245,8 @@ impl Importer<'_> {
                 apply(tx, &op, links).map(Some)
             })?;
             if let Some(outcome) = attached {
+                self.add_warnings(&shown, warnings);
+                self.report.bytes += meta.size;
                 self.report.already_stored_bytes += meta.size;
                 self.count(outcome);
                 return Ok(());
@@ -1214,10 +1254,22 @@ impl Importer<'_> {
         }
 
         let prepared = self.store.prepare(&data)?;
-        if !read_reported {
+        if sha.is_none() {
             progress(meta.size);
         }
         drop(data);
+        if let Some(want) = claimed {
+            if prepared.sha256 != want {
+                // Its chunks stay unreferenced in the pack until gc (or recovery) drops them.
+                self.report.skipped.push(Skipped {
+                    path: shown,
+                    reason: sha_mismatch(&prepared.sha256, &want),
+                });
+                return Ok(());
+            }
+        }
+        self.add_warnings(&shown, warnings);
+        self.report.bytes += meta.size;
         let new_bytes = prepared.new_bytes;
         self.report.new_bytes += new_bytes;
         let op = Op::File {
@@ -1229,6 +1281,15 @@ impl Importer<'_> {
             link_key,
         };
         self.push(op, meta.size, new_bytes)
+    }
+
+    fn add_warnings(&mut self, path: &str, messages: Vec<String>) {
+        for message in messages {
+            self.report.warnings.push(Warning {
+                path: path.to_string(),
+                message,
+            });
+        }
     }
 }
 
@@ -2091,6 +2152,32 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_blobs_are_not_reread_but_touched_ones_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = tmp.path().join("hub");
+        let (w, etag) = make_hub(&hub, "org/base", 1);
+        let store = open_store(&tmp.path().join("store"));
+        store.import(std::slice::from_ref(&hub), &|_| {}).unwrap();
+        let blob = hub.join(format!("models--org--base/blobs/{etag}"));
+        // Unreadable now, but unchanged (same size and mtime): not re-read, not skipped.
+        let kept = std::fs::read(&blob).unwrap();
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let report = store.import(std::slice::from_ref(&hub), &|_| {}).unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        assert!(report.already_stored_bytes >= w.len() as u64);
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Rewritten with other bytes (new mtime): checked, and the lie is skipped.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&blob, weights(50)).unwrap();
+        let report = store.import(std::slice::from_ref(&hub), &|_| {}).unwrap();
+        assert!(skipped_reason(&report, &etag).unwrap().contains("SHA-256"));
+        assert_eq!(
+            ns_read(&store, &format!("{HF_ROOT}/models--org--base/blobs/{etag}")).unwrap(),
+            kept
+        );
+    }
+
+    #[test]
     fn changed_file_replaces_content() {
         let tmp = tempfile::tempdir().unwrap();
         let hub = tmp.path().join("hub");
@@ -2257,6 +2344,12 @@ mod tests {
             &ollama.join("manifests/registry.ollama.ai/library/broken/latest"),
             b"{not json",
         );
+        // A blob named like one the store will already hold, with other bytes.
+        let (_, etag) = make_hub(&tmp.path().join("unused"), "org/x", 1);
+        write(
+            &hub.join(format!("models--org--zzz/blobs/{etag}")),
+            &weights(99),
+        );
         let fifo = CString::new(hub.join("models--org--base/pipe").as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
 
@@ -2277,7 +2370,12 @@ mod tests {
             Some("partial download")
         );
         assert!(skipped_reason(&report, "pipe").unwrap().contains("fifo"));
-        assert_eq!(report.skipped.len(), 5, "{:?}", report.skipped);
+        assert!(
+            skipped_reason(&report, &format!("models--org--zzz/blobs/{etag}"))
+                .unwrap()
+                .contains("SHA-256")
+        );
+        assert_eq!(report.skipped.len(), 6, "{:?}", report.skipped);
         assert!(ns_inode(&store, &format!("{HF_ROOT}/models--org--base/blobs/{liar}")).is_none());
         assert!(ns_inode(&store, &format!("{OLLAMA_ROOT}/blobs/sha256-{olliar}")).is_none());
         // Warnings: the git blob whose name does not match, and the broken manifest (imported).

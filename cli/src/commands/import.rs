@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use store::import::{import_total_bytes, recognise, ImportReport};
 
-use super::{open_store, print_json, progress_bar, EXIT_OK, EXIT_SKIPPED};
+use super::{open_store, print_json, progress_bar, stderr_is_terminal, EXIT_OK, EXIT_SKIPPED};
 use crate::human;
 
 #[derive(clap::Args, Debug)]
@@ -25,12 +25,13 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
         recognise(path)?;
     }
     let store = open_store(store_dir, true)?;
-    let bar = progress_bar(0, "importing");
-    if !bar.is_hidden() {
-        let total = import_total_bytes(&args.paths)?;
-        bar.set_length(total);
-        bar.set_style(progress_bar(total, "importing").style());
-    }
+    // The pre-pass (a stat walk) only pays off when a bar is shown.
+    let total = if stderr_is_terminal() {
+        import_total_bytes(&args.paths)?
+    } else {
+        0
+    };
+    let bar = progress_bar(total, "importing");
     let report = store.import(&args.paths, &|n| bar.inc(n));
     bar.finish_and_clear();
     let report = report?;

@@ -45,10 +45,14 @@ pub fn open_store(dir: &Path, create: bool) -> Result<Store> {
     }
 }
 
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
 /// A byte progress bar on stderr when it is a terminal (hidden otherwise). `total == 0` means
 /// unknown: a spinner with bytes and rate.
 pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    if !stderr_is_terminal() {
         return ProgressBar::hidden();
     }
     let (bar, template) = if total > 0 {

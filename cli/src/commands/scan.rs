@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use store::import::{import_total_bytes, scan, ScanReport};
 
-use super::{print_json, progress_bar, EXIT_OK, EXIT_SKIPPED};
+use super::{print_json, progress_bar, stderr_is_terminal, EXIT_OK, EXIT_SKIPPED};
 use crate::human::{self, Align};
 
 #[derive(clap::Args, Debug)]
@@ -19,12 +19,13 @@ pub struct ScanArgs {
 }
 
 pub fn run(store_dir: &Path, args: &ScanArgs) -> Result<i32> {
-    let bar = progress_bar(0, "scanning");
-    if !bar.is_hidden() {
-        let total = import_total_bytes(&args.paths)?;
-        bar.set_length(total);
-        bar.set_style(progress_bar(total, "scanning").style());
-    }
+    // The pre-pass (a stat walk) only pays off when a bar is shown.
+    let total = if stderr_is_terminal() {
+        import_total_bytes(&args.paths)?
+    } else {
+        0
+    };
+    let bar = progress_bar(total, "scanning");
     let report = scan(&args.paths, Some(store_dir), &|n| bar.inc(n));
     bar.finish_and_clear();
     let report = report?;
