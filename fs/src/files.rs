@@ -19,6 +19,7 @@ use store::{ContentMap, Inode, NodeKind};
 use crate::attr::{Attr, Caller, SetAttr};
 use crate::errno::{Errno, FsResult};
 use crate::vfs::Vfs;
+use crate::views::{is_virtual, VNode};
 
 /// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
@@ -120,6 +121,13 @@ impl Vfs {
         true
     }
 
+    fn derived_handle(&self, fh: u64) -> bool {
+        self.handles
+            .lock()
+            .get(&fh)
+            .is_some_and(|&ino| is_virtual(ino))
+    }
+
     fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         let ino = *self.handles.lock().get(&fh).ok_or(Errno::EBADF)?;
         self.files.lock().get(&ino).cloned().ok_or(Errno::EBADF)
@@ -127,6 +135,9 @@ impl Vfs {
 
     /// Opens a regular file; `O_TRUNC` is applied here.
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        if is_virtual(ino) {
+            return self.open_derived(ino, flags);
+        }
         let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
         match inode.kind {
             NodeKind::Dir => return Err(Errno::EISDIR),
@@ -166,6 +177,35 @@ impl Vfs {
         Ok((attr, opened))
     }
 
+    /// Synthesized files are read-only and read from memory.
+    fn open_derived(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let tree = self.view_tree()?;
+        match tree.nodes.get(&ino) {
+            Some(VNode::File { .. }) => {}
+            Some(VNode::Dir { .. }) => return Err(Errno::EISDIR),
+            None => return Err(Errno::ENOENT),
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(Errno::EROFS);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, ino);
+        Ok(Opened {
+            fh,
+            keep_cache: true,
+        })
+    }
+
+    fn read_derived(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let tree = self.view_tree()?;
+        let Some(VNode::File { bytes, .. }) = tree.nodes.get(&ino) else {
+            return Err(Errno::ENOENT);
+        };
+        let start = (offset as usize).min(bytes.len());
+        let end = start.saturating_add(size as usize).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
+
     fn load_content(&self, file: &OpenFile, state: &mut FileState) -> FsResult<()> {
         if state.content_loaded {
             return Ok(());
@@ -184,6 +224,9 @@ impl Vfs {
     /// Reads up to `size` bytes at `offset`: staged bytes if the file is being written, else
     /// verified committed chunks; zeros past the content (sparse tail); short at end of file.
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if is_virtual(ino) {
+            return self.read_derived(ino, offset, size);
+        }
         let file = self.handle_file(fh)?;
         let (content, file_size) = {
             let mut state = file.state.lock();
@@ -374,6 +417,7 @@ impl Vfs {
             tx.update_inode(&inode)
         })?;
         staged.dirty = false;
+        self.namespace_changed();
         state.content_loaded = false;
         state.content = None;
         tracing::debug!(ino, size, new_bytes = prepared.new_bytes, "committed file");
@@ -388,6 +432,9 @@ impl Vfs {
 
     /// close(2) of one descriptor: commit what was written so a closed file is durable.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
+        if self.derived_handle(fh) {
+            return Ok(());
+        }
         let file = self.handle_file(fh)?;
         let mut state = file.state.lock();
         self.commit_locked(&file, &mut state)
@@ -400,6 +447,10 @@ impl Vfs {
     /// Last close of a handle: commit, drop staging when nobody holds the file, and delete an
     /// inode that was unlinked while open.
     pub fn release(&self, fh: u64) -> FsResult<()> {
+        if self.derived_handle(fh) {
+            self.handles.lock().remove(&fh);
+            return Ok(());
+        }
         let file = self.handle_file(fh)?;
         self.handles.lock().remove(&fh);
         let mut state = file.state.lock();

@@ -105,19 +105,52 @@ fn open_flags(opened: crate::files::Opened) -> FopenFlags {
     }
 }
 
-/// Forwards the core's change notices to the kernel.
+/// What the invalidation worker is asked to do.
+enum Notice {
+    Entry(u64, Vec<u8>),
+    Refresh,
+}
+
+/// Forwards the core's change notices to the kernel from a thread of its own: invalidating
+/// from inside a request handler could deadlock on the directory the kernel holds locked.
 struct KernelInvalidator {
-    notifier: Mutex<Option<Notifier>>,
+    queue: Mutex<std::sync::mpsc::Sender<Notice>>,
 }
 
 impl ChangeListener for KernelInvalidator {
     fn entry_changed(&self, parent: u64, name: &[u8]) {
-        let _ = (parent, name);
+        let _ = self.queue.lock().send(Notice::Entry(parent, name.to_vec()));
     }
 
-    fn content_changed(&self, ino: u64) {
-        if let Some(n) = self.notifier.lock().as_ref() {
-            let _ = n.inval_inode(INodeNo(ino), 0, 0);
+    fn namespace_changed(&self) {
+        let _ = self.queue.lock().send(Notice::Refresh);
+    }
+}
+
+fn invalidation_worker(
+    vfs: std::sync::Weak<Vfs>,
+    notifier: Notifier,
+    queue: std::sync::mpsc::Receiver<Notice>,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut entries = Vec::new();
+        let mut refresh = false;
+        for notice in std::iter::once(first).chain(queue.try_iter()) {
+            match notice {
+                Notice::Entry(parent, name) => entries.push((parent, name)),
+                Notice::Refresh => refresh = true,
+            }
+        }
+        if refresh {
+            let Some(vfs) = vfs.upgrade() else { return };
+            match vfs.refresh_views() {
+                Ok(found) => entries.extend(found),
+                Err(e) => tracing::warn!(error = %e, "refreshing views"),
+            }
+        }
+        for (parent, name) in entries {
+            // ENOENT just means the kernel had nothing cached for that name.
+            let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
         }
     }
 }
@@ -592,11 +625,15 @@ pub fn mount(
         SessionACL::Owner
     };
     fuse_config.n_threads = Some(config.threads.max(1));
-    let invalidator = Arc::new(KernelInvalidator {
-        notifier: Mutex::new(None),
-    });
-    vfs.set_listener(invalidator.clone());
-    let session = fuser::Session::new(FuseAdapter { vfs }, mountpoint, &fuse_config)?;
-    *invalidator.notifier.lock() = Some(session.notifier());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let weak = Arc::downgrade(&vfs);
+    let session = fuser::Session::new(FuseAdapter { vfs: vfs.clone() }, mountpoint, &fuse_config)?;
+    let notifier = session.notifier();
+    std::thread::Builder::new()
+        .name("mlxfs-invalidate".into())
+        .spawn(move || invalidation_worker(weak, notifier, receiver))?;
+    vfs.set_listener(Arc::new(KernelInvalidator {
+        queue: Mutex::new(sender),
+    }));
     session.spawn()
 }

@@ -7,6 +7,7 @@ pub mod files;
 pub mod fuse;
 pub mod platform;
 pub mod vfs;
+pub mod views;
 
 pub use attr::{Attr, Caller, SetAttr, SetTime, StatFs};
 pub use errno::{Errno, FsResult};

@@ -13,6 +13,7 @@ use store::{Inode, NewInode, NodeKind, Store, Tx, ROOT_INO};
 use crate::attr::{Attr, Caller, SetAttr, SetTime, StatFs};
 use crate::errno::{Errno, FsResult};
 use crate::files::OpenFile;
+use crate::views::{is_virtual, Invalidations, Target, VNode, ViewTree, Views};
 
 /// Longest name a directory entry may have.
 pub const NAME_MAX: usize = 255;
@@ -22,8 +23,10 @@ pub const WRITABLE_ROOTS: &[&str] = &["huggingface/hub", "ollama/models"];
 
 /// Notified after a name or content changes, so the adapter can invalidate kernel caches.
 pub trait ChangeListener: Send + Sync {
+    /// A name the kernel may have cached now means something else (a view changed).
     fn entry_changed(&self, parent: u64, name: &[u8]);
-    fn content_changed(&self, ino: u64);
+    /// The namespace changed; views should be refreshed soon (not from this thread).
+    fn namespace_changed(&self);
 }
 
 /// One entry returned by readdir; `next_offset` resumes after it.
@@ -66,6 +69,7 @@ pub struct Vfs {
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
+    pub(crate) views: Views,
 }
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
@@ -109,6 +113,7 @@ impl Vfs {
             }
             Ok(())
         })?;
+        let store_for_views = store.clone();
         Ok(Vfs {
             store,
             files: Mutex::new(HashMap::new()),
@@ -116,6 +121,7 @@ impl Vfs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             listener: Mutex::new(None),
+            views: Views::new(store_for_views),
         })
     }
 
@@ -128,8 +134,58 @@ impl Vfs {
     }
 
     pub(crate) fn notify_entry(&self, parent: u64, name: &[u8]) {
-        if let Some(l) = self.listener.lock().clone() {
+        let listener = self.listener.lock().clone();
+        if let Some(l) = listener {
             l.entry_changed(parent, name);
+        }
+    }
+
+    /// The namespace changed: views must be rebuilt and stale kernel entries dropped.
+    pub(crate) fn namespace_changed(&self) {
+        self.views.touch();
+        let listener = self.listener.lock().clone();
+        if let Some(l) = listener {
+            l.namespace_changed();
+        }
+    }
+
+    /// Rebuilds the views if needed and returns the kernel entries that changed meaning.
+    pub fn refresh_views(&self) -> FsResult<Invalidations> {
+        Ok(self.views.tree()?.1)
+    }
+
+    /// The current views; invalidations found while rebuilding are forwarded.
+    pub(crate) fn view_tree(&self) -> FsResult<Arc<ViewTree>> {
+        let (tree, invalidations) = self.views.tree()?;
+        for (parent, name) in invalidations {
+            self.notify_entry(parent, &name);
+        }
+        Ok(tree)
+    }
+
+    /// Refuses changes to derived directories and to names that exist only in a view.
+    fn writable_dir(&self, dir: u64) -> FsResult<()> {
+        if is_virtual(dir) {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    /// ENOENT for a name absent from the catalog becomes EROFS when a view shows that name.
+    fn missing_or_derived(&self, parent: u64, name: &[u8], e: Errno) -> Errno {
+        if e != Errno::ENOENT {
+            return e;
+        }
+        match self.view_tree() {
+            Ok(tree)
+                if tree
+                    .overlay
+                    .get(&parent)
+                    .is_some_and(|o| o.contains_key(name)) =>
+            {
+                Errno::EROFS
+            }
+            _ => e,
         }
     }
 
@@ -148,7 +204,10 @@ impl Vfs {
             }
         });
         match (result, inner) {
-            (Ok(v), _) => Ok(v),
+            (Ok(v), _) => {
+                self.namespace_changed();
+                Ok(v)
+            }
             (Err(_), Some(errno)) => Err(errno),
             (Err(e), None) => Err(e.into()),
         }
@@ -160,6 +219,10 @@ impl Vfs {
 
     /// Attributes, with size and times of a file being written taken from its open state.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if is_virtual(ino) {
+            let tree = self.view_tree()?;
+            return self.views.attr(&tree, ino);
+        }
         let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
         Ok(self.overlay(Attr::from_inode(&inode)))
     }
@@ -178,14 +241,29 @@ impl Vfs {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        let inode = self.read_tx(|tx| {
-            let Some(ino) = tx.lookup(parent, name)? else {
-                return Ok(None);
-            };
-            tx.inode(ino)
-        })?;
-        let inode = inode.ok_or(Errno::ENOENT)?;
-        Ok(self.overlay(Attr::from_inode(&inode)))
+        let found = if is_virtual(parent) {
+            None
+        } else {
+            self.read_tx(|tx| {
+                let Some(ino) = tx.lookup(parent, name)? else {
+                    return Ok(None);
+                };
+                tx.inode(ino)
+            })?
+        };
+        if let Some(inode) = found {
+            return Ok(self.overlay(Attr::from_inode(&inode)));
+        }
+        let tree = self.view_tree()?;
+        let target = match tree.nodes.get(&parent) {
+            Some(VNode::Dir { children, .. }) => children.get(name).copied(),
+            Some(VNode::File { .. }) => return Err(Errno::ENOTDIR),
+            None => tree.overlay.get(&parent).and_then(|o| o.get(name).copied()),
+        };
+        match target.ok_or(Errno::ENOENT)? {
+            Target::Virtual(ino) => self.views.attr(&tree, ino),
+            Target::Real(ino) => self.getattr(ino),
+        }
     }
 
     fn parent_dir(&self, tx: &Tx, parent: u64) -> FsResult<Inode> {
@@ -215,6 +293,7 @@ impl Vfs {
             rdev,
         } = node;
         check_name(name)?;
+        self.writable_dir(parent)?;
         let inode = self.write_tx(|tx| {
             let dir = self.parent_dir(tx, parent)?;
             if tx.lookup(parent, name)?.is_some() {
@@ -243,7 +322,6 @@ impl Vfs {
             tx.touch_times(parent, Some(now), Some(now))?;
             Ok(tx.inode_required(ino)?)
         })?;
-        self.notify_entry(parent, name);
         Ok(Attr::from_inode(&inode))
     }
 
@@ -322,6 +400,9 @@ impl Vfs {
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if is_virtual(ino) {
+            return Err(Errno::EINVAL);
+        }
         let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
         match (inode.kind, inode.target) {
             (NodeKind::Symlink, Some(target)) => Ok(target),
@@ -331,6 +412,10 @@ impl Vfs {
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
         check_name(new_name)?;
+        self.writable_dir(new_parent)?;
+        if is_virtual(ino) {
+            return Err(Errno::EPERM);
+        }
         let inode = self.write_tx(|tx| {
             self.parent_dir(tx, new_parent)?;
             let inode = self.inode(tx, ino)?;
@@ -352,7 +437,6 @@ impl Vfs {
             tx.touch_times(new_parent, Some(now), Some(now))?;
             Ok(tx.inode_required(ino)?)
         })?;
-        self.notify_entry(new_parent, new_name);
         Ok(self.overlay(Attr::from_inode(&inode)))
     }
 
@@ -371,6 +455,7 @@ impl Vfs {
         if name == b".." {
             return Err(Errno::ENOTEMPTY);
         }
+        self.writable_dir(parent)?;
         let removed = self.write_tx(|tx| {
             self.parent_dir(tx, parent)?;
             let ino = tx.lookup(parent, name)?.ok_or(Errno::ENOENT)?;
@@ -382,10 +467,10 @@ impl Vfs {
                 _ => {}
             }
             self.unlink_in_tx(tx, parent, name)
-        })?;
-        self.notify_entry(parent, name);
-        let _ = removed;
-        Ok(())
+        });
+        removed
+            .map(|_| ())
+            .map_err(|e| self.missing_or_derived(parent, name, e))
     }
 
     /// Removes an entry inside a transaction; the inode itself goes once no open file holds it.
@@ -417,7 +502,9 @@ impl Vfs {
         {
             return Err(Errno::EINVAL);
         }
-        self.write_tx(|tx| {
+        self.writable_dir(parent)?;
+        self.writable_dir(new_parent)?;
+        let renamed = self.write_tx(|tx| {
             self.parent_dir(tx, parent)?;
             self.parent_dir(tx, new_parent)?;
             let ino = tx.lookup(parent, name)?.ok_or(Errno::ENOENT)?;
@@ -465,9 +552,8 @@ impl Vfs {
             tx.touch_times(parent, Some(now), Some(now))?;
             tx.touch_times(new_parent, Some(now), Some(now))?;
             Ok(())
-        })?;
-        self.notify_entry(parent, name);
-        self.notify_entry(new_parent, new_name);
+        });
+        renamed.map_err(|e| self.missing_or_derived(parent, name, e))?;
         Ok(())
     }
 
@@ -488,6 +574,9 @@ impl Vfs {
     /// chmod, chown, utimens and truncate. The kernel has already checked permissions
     /// (default_permissions); what is left is ext4's bookkeeping.
     pub fn setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> FsResult<Attr> {
+        if is_virtual(ino) {
+            return Err(Errno::EROFS);
+        }
         if let Some(size) = set.size {
             self.truncate(ino, size)?;
         }
@@ -553,7 +642,11 @@ impl Vfs {
         self.write_tx(|tx| {
             let mut inode = self.inode(tx, ino)?;
             // setgid without group-exec is a mandatory-locking marker, which ext4 keeps.
-            let mask = if inode.perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+            let mask = if inode.perm & 0o010 != 0 {
+                0o6000
+            } else {
+                0o4000
+            };
             inode.perm &= !mask;
             inode.ctime = now_ns();
             tx.update_inode(&inode)?;
@@ -562,19 +655,47 @@ impl Vfs {
     }
 
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let entries = self.read_tx(|tx| tx.read_dir(ino, None))?;
-        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
-        if inode.kind != NodeKind::Dir {
-            return Err(Errno::ENOTDIR);
+        let tree = self.view_tree()?;
+        let mut listing = Vec::new();
+        let extra = if is_virtual(ino) {
+            let Some(VNode::Dir { parent, children }) = tree.nodes.get(&ino) else {
+                return Err(if tree.nodes.contains_key(&ino) {
+                    Errno::ENOTDIR
+                } else {
+                    Errno::ENOENT
+                });
+            };
+            listing.push((b".".to_vec(), ino, NodeKind::Dir));
+            listing.push((b"..".to_vec(), *parent, NodeKind::Dir));
+            children.clone()
+        } else {
+            let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
+            if inode.kind != NodeKind::Dir {
+                return Err(Errno::ENOTDIR);
+            }
+            let parent = self
+                .read_tx(|tx| tx.parent_of_dir(ino))?
+                .unwrap_or(ROOT_INO);
+            listing.push((b".".to_vec(), ino, NodeKind::Dir));
+            listing.push((b"..".to_vec(), parent, NodeKind::Dir));
+            let entries = self.read_tx(|tx| tx.read_dir(ino, None))?;
+            listing.extend(entries.into_iter().map(|e| (e.name, e.ino, e.kind)));
+            tree.overlay.get(&ino).cloned().unwrap_or_default()
+        };
+        for (name, target) in extra {
+            // A real entry of the same name wins over a derived one.
+            if listing.iter().any(|(n, _, _)| *n == name) {
+                continue;
+            }
+            let kind = match target {
+                Target::Virtual(v) => match tree.nodes.get(&v) {
+                    Some(VNode::Dir { .. }) => NodeKind::Dir,
+                    _ => NodeKind::File,
+                },
+                Target::Real(_) => NodeKind::File,
+            };
+            listing.push((name, target.ino(), kind));
         }
-        let parent = self
-            .read_tx(|tx| tx.parent_of_dir(ino))?
-            .unwrap_or(ROOT_INO);
-        let mut listing = vec![
-            (b".".to_vec(), ino, NodeKind::Dir),
-            (b"..".to_vec(), parent, NodeKind::Dir),
-        ];
-        listing.extend(entries.into_iter().map(|e| (e.name, e.ino, e.kind)));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs
             .lock()
@@ -626,11 +747,17 @@ impl Vfs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if is_virtual(ino) {
+            return Err(Errno::ENODATA);
+        }
         self.read_tx(|tx| tx.get_xattr(ino, name))?
             .ok_or(Errno::ENODATA)
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        if is_virtual(ino) {
+            return Err(Errno::EROFS);
+        }
         if name.is_empty() || name.len() > 255 {
             return Err(Errno::ERANGE);
         }
@@ -653,6 +780,9 @@ impl Vfs {
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if is_virtual(ino) {
+            return Ok(Vec::new());
+        }
         let names = self.read_tx(|tx| tx.list_xattrs(ino))?;
         let mut out = Vec::new();
         for name in names {
@@ -663,6 +793,9 @@ impl Vfs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        if is_virtual(ino) {
+            return Err(Errno::EROFS);
+        }
         self.write_tx(|tx| {
             if !tx.remove_xattr(ino, name)? {
                 return Err(Errno::ENODATA);
