@@ -33,6 +33,58 @@ pub const GGML_TYPE_F16: u32 = 1;
 pub const GGML_TYPE_Q8_0: u32 = 8;
 pub const GGML_TYPE_BF16: u32 = 30;
 
+/// (elements per block, bytes per block) of ggml tensor types, for the types whose layout is
+/// fixed; `None` for types this build does not know.
+pub fn ggml_block_layout(ggml_type: u32) -> Option<(u64, u64)> {
+    Some(match ggml_type {
+        0 => (1, 4),      // F32
+        1 => (1, 2),      // F16
+        2 => (32, 18),    // Q4_0
+        3 => (32, 20),    // Q4_1
+        6 => (32, 22),    // Q5_0
+        7 => (32, 24),    // Q5_1
+        8 => (32, 34),    // Q8_0
+        9 => (32, 36),    // Q8_1
+        10 => (256, 84),  // Q2_K
+        11 => (256, 110), // Q3_K
+        12 => (256, 144), // Q4_K
+        13 => (256, 176), // Q5_K
+        14 => (256, 210), // Q6_K
+        15 => (256, 292), // Q8_K
+        16 => (256, 66),  // IQ2_XXS
+        17 => (256, 74),  // IQ2_XS
+        18 => (256, 98),  // IQ3_XXS
+        19 => (256, 50),  // IQ1_S
+        20 => (32, 18),   // IQ4_NL
+        21 => (256, 110), // IQ3_S
+        22 => (256, 82),  // IQ2_S
+        23 => (256, 136), // IQ4_XS
+        24 => (1, 1),     // I8
+        25 => (1, 2),     // I16
+        26 => (1, 4),     // I32
+        27 => (1, 8),     // I64
+        28 => (1, 8),     // F64
+        29 => (256, 56),  // IQ1_M
+        30 => (1, 2),     // BF16
+        _ => return None,
+    })
+}
+
+impl GgufTensor {
+    /// Bytes of this tensor's data, when its type has a known fixed layout.
+    pub fn byte_len(&self) -> Option<u64> {
+        let (block, bytes) = ggml_block_layout(self.ggml_type)?;
+        let mut elements: u64 = 1;
+        for &d in &self.dims {
+            elements = elements.checked_mul(d)?;
+        }
+        if elements % block != 0 {
+            return None;
+        }
+        (elements / block).checked_mul(bytes)
+    }
+}
+
 /// GGUF metadata value types, as numbered on disk.
 pub mod value_type {
     pub const U8: u32 = 0;

@@ -78,9 +78,16 @@ pub fn forced_cuts(data: &[u8]) -> Vec<u64> {
     if gguf::has_magic(data) {
         match gguf::parse(data) {
             Ok(h) => {
-                cuts.reserve(h.tensors.len() + 1);
+                cuts.reserve(2 * h.tensors.len() + 1);
                 cuts.push(h.data_start);
-                cuts.extend(h.tensors.iter().map(|t| t.start));
+                for t in &h.tensors {
+                    cuts.push(t.start);
+                    // Alignment padding follows each tensor; cutting at the data's end keeps the
+                    // padding out of the chunk, so the tensor dedups against safetensors copies.
+                    if let Some(end) = t.byte_len().and_then(|n| t.start.checked_add(n)) {
+                        cuts.push(end);
+                    }
+                }
             }
             Err(e) => tracing::debug!("GGUF magic but unparsable header, no forced cuts: {e}"),
         }
@@ -175,11 +182,20 @@ mod tests {
     }
 
     #[test]
-    fn gguf_cuts_are_data_start_and_tensor_starts() {
+    fn gguf_cuts_are_data_start_tensor_starts_and_ends() {
         let f = sample_gguf();
-        // Each tensor is padded to 64 bytes, and the data section is the file's tail.
+        // Each tensor is padded to 64 bytes, and the data section is the file's tail; the cut at
+        // each tensor's end keeps the padding out of the tensor's last chunk.
         let data_start = (f.len() - 128) as u64;
-        assert_eq!(forced_cuts(&f), vec![data_start, data_start + 64]);
+        assert_eq!(
+            forced_cuts(&f),
+            vec![
+                data_start,
+                data_start + 12,
+                data_start + 64,
+                data_start + 64 + 10
+            ]
+        );
         assert_eq!(&f[data_start as usize..][..12], &[1; 12]);
         assert_eq!(&f[data_start as usize + 64..][..10], &[2; 10]);
     }
