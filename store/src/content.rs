@@ -163,7 +163,10 @@ impl Tx<'_> {
                         "INSERT INTO packs (id, size) VALUES (?1, ?2)
                          ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
                     )?
-                    .execute(params![loc.pack as i64, (loc.offset + loc.len as u64) as i64])?;
+                    .execute(params![
+                        loc.pack as i64,
+                        (loc.offset + loc.len as u64) as i64
+                    ])?;
                 id
             }
         };

@@ -29,7 +29,9 @@ impl Store {
     pub fn pack_disk_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for id in self.packs.list()? {
-            total += std::fs::metadata(self.packs.path(id)).map(|m| m.len()).unwrap_or(0);
+            total += std::fs::metadata(self.packs.path(id))
+                .map(|m| m.len())
+                .unwrap_or(0);
         }
         Ok(total)
     }
@@ -46,7 +48,8 @@ impl Store {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            tx.conn().execute("DELETE FROM chunks WHERE refs <= 0", [])?;
+            tx.conn()
+                .execute("DELETE FROM chunks WHERE refs <= 0", [])?;
             Ok((n as u64, b as u64))
         })?;
         report.chunks_removed = removed;
@@ -67,7 +70,8 @@ impl Store {
             let payload = size.saturating_sub(PACK_HEADER_LEN);
             if live == 0 {
                 self.catalog.write(|tx| {
-                    tx.conn().execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
+                    tx.conn()
+                        .execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
                     Ok(())
                 })?;
                 self.packs.remove(pack)?;
@@ -89,11 +93,16 @@ impl Store {
 
     fn rewrite_pack(&self, pack: u64, progress: &dyn Fn(u64)) -> Result<()> {
         let chunks: Vec<(i64, [u8; 32], ChunkLocation)> = self.catalog.read(|tx| {
-            let mut stmt = tx
-                .conn()
-                .prepare("SELECT id, hash, offset, len FROM chunks WHERE pack = ?1 ORDER BY offset")?;
+            let mut stmt = tx.conn().prepare(
+                "SELECT id, hash, offset, len FROM chunks WHERE pack = ?1 ORDER BY offset",
+            )?;
             let rows = stmt.query_map([pack as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
@@ -101,7 +110,15 @@ impl Store {
                 let hash: [u8; 32] = hash.try_into().map_err(|_| {
                     crate::StoreError::Inconsistent("chunk hash is not 32 bytes".into())
                 })?;
-                out.push((id, hash, ChunkLocation { pack, offset: offset as u64, len: len as u32 }));
+                out.push((
+                    id,
+                    hash,
+                    ChunkLocation {
+                        pack,
+                        offset: offset as u64,
+                        len: len as u32,
+                    },
+                ));
             }
             Ok(out)
         })?;
@@ -124,9 +141,13 @@ impl Store {
                         "INSERT INTO packs (id, size) VALUES (?1, ?2)
                          ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
                     )?
-                    .execute(params![loc.pack as i64, (loc.offset + loc.len as u64) as i64])?;
+                    .execute(params![
+                        loc.pack as i64,
+                        (loc.offset + loc.len as u64) as i64
+                    ])?;
             }
-            tx.conn().execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
+            tx.conn()
+                .execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
             Ok(())
         })?;
         self.packs.remove(pack)?;

@@ -46,7 +46,10 @@ impl MappedFile {
     }
 
     pub fn from_file(file: &File, path: &Path) -> Result<MappedFile> {
-        let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
         if len == 0 {
             return Ok(MappedFile { map: None });
         }
@@ -72,7 +75,9 @@ impl Store {
         std::thread::scope(|scope| {
             let whole = scope.spawn(|| digests(data));
             let chunks = self.store_chunks(data);
-            let digests = whole.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            let digests = whole
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
             let (chunks, new_bytes) = chunks?;
             Ok(PreparedContent {
                 size: data.len() as u64,
@@ -121,7 +126,10 @@ impl Store {
     }
 
     /// What storing `data` would add, without writing: (chunk hashes, lengths). Used by scan.
-    pub fn chunk_hashes(data: &[u8], config: &crate::ChunkerConfig) -> Vec<(crate::ChunkHash, u32)> {
+    pub fn chunk_hashes(
+        data: &[u8],
+        config: &crate::ChunkerConfig,
+    ) -> Vec<(crate::ChunkHash, u32)> {
         chunk_spans(data, config)
             .into_iter()
             .map(|span| {

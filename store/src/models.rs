@@ -43,7 +43,9 @@ pub struct ModelInfo {
 
 /// `true` for a 64-char lowercase hex string (a SHA-256 in hex).
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A parsed Ollama manifest: the digests (hex) of its config and layers, and layer media types.
@@ -121,7 +123,11 @@ impl Tx<'_> {
     pub fn walk_files(&self, dir: u64, prefix: &str, out: &mut Vec<(String, u64)>) -> Result<()> {
         for entry in self.read_dir(dir, None)? {
             let name = String::from_utf8_lossy(&entry.name);
-            let path = if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
+            let path = if prefix.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{prefix}/{name}")
+            };
             match entry.kind {
                 NodeKind::Dir => self.walk_files(entry.ino, &path, out)?,
                 NodeKind::File => out.push((path, entry.ino)),
@@ -151,7 +157,11 @@ impl Store {
                          WHERE layout = ?1 AND name = ?2 AND revision = ?3",
                     )?
                     .query_row(params![m.layout, m.name, m.revision], |r| {
-                        Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?))
+                        Ok((
+                            r.get::<_, Option<i64>>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
                     });
                 if let Ok((last_read, last_view, reads)) = usage {
                     m.last_read = last_read;
@@ -193,7 +203,9 @@ impl Store {
         };
         for entry in tx.read_dir(hub, None)? {
             let folder = String::from_utf8_lossy(&entry.name).into_owned();
-            let Some(rest) = folder.strip_prefix("models--") else { continue };
+            let Some(rest) = folder.strip_prefix("models--") else {
+                continue;
+            };
             if entry.kind != NodeKind::Dir {
                 continue;
             }
@@ -216,8 +228,10 @@ impl Store {
                     collect_names(tx, snap.ino, &mut names)?;
                 }
             }
-            let blobs: Vec<(String, u64)> =
-                files.into_iter().filter(|(p, _)| p.starts_with("blobs/")).collect();
+            let blobs: Vec<(String, u64)> = files
+                .into_iter()
+                .filter(|(p, _)| p.starts_with("blobs/"))
+                .collect();
             models.push(ModelInfo {
                 layout: "hf".into(),
                 name,
@@ -249,7 +263,9 @@ impl Store {
             if parts.len() != 4 {
                 continue;
             }
-            let Some(bytes) = tx.read_small_file(self, ino)? else { continue };
+            let Some(bytes) = tx.read_small_file(self, ino)? else {
+                continue;
+            };
             let manifest = match parse_ollama_manifest(&bytes) {
                 Ok(m) => m,
                 Err(e) => {
@@ -260,7 +276,11 @@ impl Store {
             let mut inodes = Vec::new();
             let mut paths = vec![format!("{OLLAMA_ROOT}/manifests/{path}")];
             let mut names = BTreeSet::new();
-            for digest in manifest.config.iter().chain(manifest.layers.iter().map(|l| &l.0)) {
+            for digest in manifest
+                .config
+                .iter()
+                .chain(manifest.layers.iter().map(|l| &l.0))
+            {
                 let blob = format!("sha256-{digest}");
                 if let Some(dir) = blobs_dir {
                     if let Some(ino) = tx.lookup(dir, blob.as_bytes())? {

@@ -30,7 +30,9 @@ impl NodeKind {
             1 => Ok(NodeKind::File),
             2 => Ok(NodeKind::Dir),
             3 => Ok(NodeKind::Symlink),
-            other => Err(StoreError::Inconsistent(format!("unknown inode kind {other}"))),
+            other => Err(StoreError::Inconsistent(format!(
+                "unknown inode kind {other}"
+            ))),
         }
     }
 }
@@ -272,8 +274,10 @@ impl Tx<'_> {
             return Ok(false);
         }
         self.set_content(ino, None)?;
-        self.conn.execute("DELETE FROM xattrs WHERE ino = ?1", [ino as i64])?;
-        self.conn.execute("DELETE FROM inodes WHERE ino = ?1", [ino as i64])?;
+        self.conn
+            .execute("DELETE FROM xattrs WHERE ino = ?1", [ino as i64])?;
+        self.conn
+            .execute("DELETE FROM inodes WHERE ino = ?1", [ino as i64])?;
         Ok(true)
     }
 
@@ -336,12 +340,27 @@ impl Tx<'_> {
         self.resolve_from(ROOT_INO, path, true, 0)
     }
 
-    fn resolve_from(&self, start: u64, path: &str, follow_last: bool, depth: u32) -> Result<Option<u64>> {
+    fn resolve_from(
+        &self,
+        start: u64,
+        path: &str,
+        follow_last: bool,
+        depth: u32,
+    ) -> Result<Option<u64>> {
         if depth > 40 {
-            return Err(StoreError::Inconsistent(format!("too many symlinks resolving {path}")));
+            return Err(StoreError::Inconsistent(format!(
+                "too many symlinks resolving {path}"
+            )));
         }
-        let mut dir = if path.starts_with('/') { ROOT_INO } else { start };
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        let mut dir = if path.starts_with('/') {
+            ROOT_INO
+        } else {
+            start
+        };
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
             if *part == ".." {

@@ -85,7 +85,9 @@ impl Packs {
     /// Pack ids present on disk, ascending.
     pub fn list(&self) -> Result<Vec<u64>> {
         let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))? {
+        for entry in
+            std::fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))?
+        {
             let entry = entry.ctx(|| format!("listing {}", self.dir.display()))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -107,7 +109,9 @@ impl Packs {
         let mut active = self.active.lock();
         if active.as_ref().is_none_or(|a| a.len >= self.target_size) {
             if let Some(old) = active.take() {
-                old.file.sync_data().ctx(|| format!("syncing pack {}", old.id))?;
+                old.file
+                    .sync_data()
+                    .ctx(|| format!("syncing pack {}", old.id))?;
             }
             *active = Some(self.create_pack()?);
         }
@@ -120,7 +124,10 @@ impl Packs {
         let result = pack
             .file
             .write_all_at(&header, record_start)
-            .and_then(|()| pack.file.write_all_at(data, record_start + RECORD_HEADER_LEN));
+            .and_then(|()| {
+                pack.file
+                    .write_all_at(data, record_start + RECORD_HEADER_LEN)
+            });
         if let Err(e) = result {
             // Leave no torn record behind: later appends start where this one started.
             let _ = pack.file.set_len(record_start);
@@ -139,7 +146,9 @@ impl Packs {
     pub fn sync(&self) -> Result<()> {
         let active = self.active.lock();
         if let Some(pack) = active.as_ref() {
-            pack.file.sync_data().ctx(|| format!("syncing pack {}", pack.id))?;
+            pack.file
+                .sync_data()
+                .ctx(|| format!("syncing pack {}", pack.id))?;
         }
         Ok(())
     }
@@ -152,7 +161,9 @@ impl Packs {
     /// Closes the active pack so the next append starts a new one (gc uses this).
     pub fn seal_active(&self) -> Result<()> {
         if let Some(old) = self.active.lock().take() {
-            old.file.sync_data().ctx(|| format!("syncing pack {}", old.id))?;
+            old.file
+                .sync_data()
+                .ctx(|| format!("syncing pack {}", old.id))?;
         }
         Ok(())
     }
@@ -169,8 +180,10 @@ impl Packs {
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[..8].copy_from_slice(PACK_MAGIC);
         header[8..].copy_from_slice(&id.to_le_bytes());
-        file.write_all(&header).ctx(|| format!("writing {}", path.display()))?;
-        file.sync_all().ctx(|| format!("syncing {}", path.display()))?;
+        file.write_all(&header)
+            .ctx(|| format!("writing {}", path.display()))?;
+        file.sync_all()
+            .ctx(|| format!("syncing {}", path.display()))?;
         sync_dir(&self.dir)?;
         Ok(ActivePack {
             id,
@@ -214,7 +227,10 @@ impl Packs {
         }
         let path = self.path(pack);
         let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-        let file_len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+        let file_len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
         if file_len < end {
             return Err(StoreError::CorruptChunk {
                 chunk: String::new(),
@@ -244,8 +260,10 @@ impl Packs {
             .write(true)
             .open(&path)
             .ctx(|| format!("opening {}", path.display()))?;
-        file.set_len(len).ctx(|| format!("truncating {}", path.display()))?;
-        file.sync_all().ctx(|| format!("syncing {}", path.display()))
+        file.set_len(len)
+            .ctx(|| format!("truncating {}", path.display()))?;
+        file.sync_all()
+            .ctx(|| format!("syncing {}", path.display()))
     }
 
     pub fn remove(&self, pack: u64) -> Result<()> {
@@ -271,7 +289,10 @@ pub struct ScannedRecord {
 /// the offset where valid records end.
 pub fn scan_pack(path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
     let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+    let len = file
+        .metadata()
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
     let mut records = Vec::new();
     if len < PACK_HEADER_LEN {
         return Ok((records, 0));

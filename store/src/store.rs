@@ -6,7 +6,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-
 use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{Catalog, Tx};
@@ -98,7 +97,9 @@ impl Store {
     fn recover(&self) -> Result<()> {
         let committed: HashMap<u64, u64> = self.catalog.read(|tx| {
             let mut stmt = tx.conn().prepare("SELECT id, size FROM packs")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?;
             let mut map = HashMap::new();
             for row in rows {
                 let (id, size) = row?;
@@ -108,7 +109,9 @@ impl Store {
         })?;
         for id in self.packs.list()? {
             let path = self.packs.path(id);
-            let len = std::fs::metadata(&path).ctx(|| format!("stat {}", path.display()))?.len();
+            let len = std::fs::metadata(&path)
+                .ctx(|| format!("stat {}", path.display()))?
+                .len();
             match committed.get(&id) {
                 None => {
                     tracing::info!(pack = id, "removing pack with no committed chunks");
@@ -129,7 +132,10 @@ impl Store {
                 }
                 Ok(())
             })?;
-            tracing::info!(count = orphans.len(), "released unlinked inodes left by a crash");
+            tracing::info!(
+                count = orphans.len(),
+                "released unlinked inodes left by a crash"
+            );
         }
         Ok(())
     }
@@ -244,8 +250,10 @@ fn take_lock(root: &Path) -> Result<File> {
             pid: pid.trim().to_string(),
         });
     }
-    file.set_len(0).ctx(|| format!("writing {}", path.display()))?;
-    file.rewind().ctx(|| format!("writing {}", path.display()))?;
+    file.set_len(0)
+        .ctx(|| format!("writing {}", path.display()))?;
+    file.rewind()
+        .ctx(|| format!("writing {}", path.display()))?;
     write!(file, "{}", std::process::id()).ctx(|| format!("writing {}", path.display()))?;
     Ok(file)
 }
@@ -264,6 +272,7 @@ pub fn lock_holder(root: &Path) -> Option<String> {
     if rc == 0 {
         return None;
     }
-    std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(&path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
-

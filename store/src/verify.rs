@@ -32,8 +32,9 @@ impl Store {
         self.catalog.read(|tx| {
             Ok(tx
                 .conn()
-                .query_row("SELECT COALESCE(SUM(size), 0) FROM contents", [], |r| r.get::<_, i64>(0))?
-                as u64)
+                .query_row("SELECT COALESCE(SUM(size), 0) FROM contents", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64)
         })
     }
 
@@ -43,7 +44,8 @@ impl Store {
         let contents: Vec<i64> = self.catalog.read(|tx| {
             let mut stmt = tx.conn().prepare("SELECT id FROM contents ORDER BY id")?;
             let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            rows.collect::<std::result::Result<_, _>>().map_err(Into::into)
+            rows.collect::<std::result::Result<_, _>>()
+                .map_err(Into::into)
         })?;
         let mut report = VerifyReport::default();
         let mut chunk_ok: HashMap<i64, bool> = HashMap::new();
@@ -106,13 +108,19 @@ impl Store {
                 "SELECT d.parent, d.name FROM inodes i JOIN dentries d ON d.ino = i.ino
                  WHERE i.content = ?1",
             )?;
-            let rows = stmt.query_map([content], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            let rows = stmt.query_map([content], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
             let mut paths = Vec::new();
             for row in rows {
                 let (parent, name) = row?;
                 let dir = tx.path_of(parent as u64)?.unwrap_or_else(|| "?".into());
                 let name = String::from_utf8_lossy(&name);
-                paths.push(if dir.is_empty() { name.into_owned() } else { format!("{dir}/{name}") });
+                paths.push(if dir.is_empty() {
+                    name.into_owned()
+                } else {
+                    format!("{dir}/{name}")
+                });
             }
             paths.sort();
             Ok(paths)
