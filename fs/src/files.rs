@@ -125,11 +125,11 @@ impl Vfs {
         self.handles
             .lock()
             .get(&fh)
-            .is_some_and(|&ino| is_virtual(ino))
+            .is_some_and(|&(ino, _)| is_virtual(ino))
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        let ino = *self.handles.lock().get(&fh).ok_or(Errno::EBADF)?;
+        let ino = self.handles.lock().get(&fh).ok_or(Errno::EBADF)?.0;
         self.files.lock().get(&ino).cloned().ok_or(Errno::EBADF)
     }
 
@@ -147,7 +147,9 @@ impl Vfs {
         let file = self.hold_file(ino);
         let keep_cache = file.state.lock().staged.is_none();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, ino);
+        self.handles
+            .lock()
+            .insert(fh, (ino, self.metrics.file(ino)));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writable && flags & libc::O_TRUNC != 0 {
             if let Err(e) = self.truncate(ino, 0) {
@@ -189,7 +191,9 @@ impl Vfs {
             return Err(Errno::EROFS);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, ino);
+        self.handles
+            .lock()
+            .insert(fh, (ino, self.metrics.file(ino)));
         Ok(Opened {
             fh,
             keep_cache: true,
@@ -224,6 +228,14 @@ impl Vfs {
     /// Reads up to `size` bytes at `offset`: staged bytes if the file is being written, else
     /// verified committed chunks; zeros past the content (sparse tail); short at end of file.
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let data = self.read_inner(ino, fh, offset, size)?;
+        let counters = self.handles.lock().get(&fh).map(|h| h.1.clone());
+        self.metrics
+            .add_read(counters.as_deref(), data.len() as u64);
+        Ok(data)
+    }
+
+    fn read_inner(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         if is_virtual(ino) {
             return self.read_derived(ino, offset, size);
         }
@@ -312,6 +324,21 @@ impl Vfs {
     }
 
     pub fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> FsResult<u32> {
+        let written = self.write_inner(ino, fh, offset, data, append)?;
+        let counters = self.handles.lock().get(&fh).map(|h| h.1.clone());
+        self.metrics
+            .add_written(counters.as_deref(), written as u64);
+        Ok(written)
+    }
+
+    fn write_inner(
         &self,
         ino: u64,
         fh: u64,

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Config, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -18,6 +18,7 @@ use store::NodeKind;
 
 use crate::attr::{Attr, Caller, SetAttr, SetTime};
 use crate::errno::Errno;
+use crate::metrics::Op;
 use crate::vfs::{ChangeListener, Vfs};
 
 /// Attributes and entries are cached by the kernel this long; every change that does not pass
@@ -178,14 +179,22 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.vfs.lookup(parent.0, name.as_bytes()) {
+        let started = Instant::now();
+        let result = self.vfs.lookup(parent.0, name.as_bytes());
+        self.vfs.metrics.record(Op::Lookup, started, result.is_ok());
+        match result {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vfs.getattr(ino.0) {
+        let started = Instant::now();
+        let result = self.vfs.getattr(ino.0);
+        self.vfs
+            .metrics
+            .record(Op::Getattr, started, result.is_ok());
+        match result {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -218,7 +227,12 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(set_time),
             ctime: ctime.map(ns),
         };
-        match self.vfs.setattr(ino.0, set, caller(req)) {
+        let started = Instant::now();
+        let result = self.vfs.setattr(ino.0, set, caller(req));
+        self.vfs
+            .metrics
+            .record(Op::Setattr, started, result.is_ok());
+        match result {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -269,14 +283,20 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.vfs.unlink(parent.0, name.as_bytes()) {
+        let started = Instant::now();
+        let result = self.vfs.unlink(parent.0, name.as_bytes());
+        self.vfs.metrics.record(Op::Unlink, started, result.is_ok());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.vfs.rmdir(parent.0, name.as_bytes()) {
+        let started = Instant::now();
+        let result = self.vfs.rmdir(parent.0, name.as_bytes());
+        self.vfs.metrics.record(Op::Unlink, started, result.is_ok());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -311,13 +331,16 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.rename(
+        let started = Instant::now();
+        let result = self.vfs.rename(
             parent.0,
             name.as_bytes(),
             newparent.0,
             newname.as_bytes(),
             flags.bits(),
-        ) {
+        );
+        self.vfs.metrics.record(Op::Rename, started, result.is_ok());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -338,7 +361,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.open(ino.0, flags.0) {
+        let started = Instant::now();
+        let result = self.vfs.open(ino.0, flags.0);
+        self.vfs.metrics.record(Op::Open, started, result.is_ok());
+        match result {
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o)),
             Err(e) => reply.error(errno(e)),
         }
@@ -355,7 +381,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vfs.read(ino.0, fh.0, offset, size) {
+        let started = Instant::now();
+        let result = self.vfs.read(ino.0, fh.0, offset, size);
+        self.vfs.metrics.record(Op::Read, started, result.is_ok());
+        match result {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
@@ -379,7 +408,10 @@ impl Filesystem for FuseAdapter {
             }
         }
         let append = flags.0 & libc::O_APPEND != 0;
-        match self.vfs.write(ino.0, fh.0, offset, data, append) {
+        let started = Instant::now();
+        let result = self.vfs.write(ino.0, fh.0, offset, data, append);
+        self.vfs.metrics.record(Op::Write, started, result.is_ok());
+        match result {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -393,7 +425,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.flush(fh.0) {
+        let started = Instant::now();
+        let result = self.vfs.flush(fh.0);
+        self.vfs.metrics.record(Op::Flush, started, result.is_ok());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -409,7 +444,12 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.release(fh.0) {
+        let started = Instant::now();
+        let result = self.vfs.release(fh.0);
+        self.vfs
+            .metrics
+            .record(Op::Release, started, result.is_ok());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -423,7 +463,10 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.fsync(fh.0) {
+        let started = Instant::now();
+        let result = self.vfs.fsync(fh.0);
+        self.vfs.metrics.record(Op::Fsync, started, result.is_ok());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -444,7 +487,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.vfs.readdir(fh.0, offset) {
+        let started = Instant::now();
+        let result = self.vfs.readdir(fh.0, offset);
+        self.vfs
+            .metrics
+            .record(Op::Readdir, started, result.is_ok());
+        match result {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(
@@ -470,7 +518,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.vfs.readdir(fh.0, offset) {
+        let started = Instant::now();
+        let result = self.vfs.readdir(fh.0, offset);
+        self.vfs
+            .metrics
+            .record(Op::Readdir, started, result.is_ok());
+        match result {
             Ok(entries) => {
                 for e in entries {
                     let Ok(attr) = self.vfs.getattr(e.ino) else {
@@ -570,7 +623,12 @@ impl Filesystem for FuseAdapter {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions makes the kernel check modes; we only confirm the inode exists.
-        match self.vfs.getattr(ino.0) {
+        let started = Instant::now();
+        let result = self.vfs.getattr(ino.0);
+        self.vfs
+            .metrics
+            .record(Op::Getattr, started, result.is_ok());
+        match result {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }

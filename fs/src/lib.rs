@@ -5,6 +5,7 @@ pub mod attr;
 pub mod errno;
 pub mod files;
 pub mod fuse;
+pub mod metrics;
 pub mod platform;
 pub mod vfs;
 pub mod views;

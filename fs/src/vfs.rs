@@ -13,6 +13,7 @@ use store::{Inode, NewInode, NodeKind, Store, Tx, ROOT_INO};
 use crate::attr::{Attr, Caller, SetAttr, SetTime, StatFs};
 use crate::errno::{Errno, FsResult};
 use crate::files::OpenFile;
+use crate::metrics::{FileBytes, Metrics};
 use crate::views::{is_virtual, Invalidations, Target, VNode, ViewTree, Views};
 
 /// Longest name a directory entry may have.
@@ -65,11 +66,13 @@ pub(crate) struct DirListing {
 pub struct Vfs {
     pub(crate) store: Arc<Store>,
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    pub(crate) handles: Mutex<HashMap<u64, u64>>,
+    /// Open file handles: inode and that file's byte counters.
+    pub(crate) handles: Mutex<HashMap<u64, (u64, Arc<FileBytes>)>>,
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
     pub(crate) views: Views,
+    pub metrics: Metrics,
 }
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
@@ -122,6 +125,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             listener: Mutex::new(None),
             views: Views::new(store_for_views),
+            metrics: Metrics::default(),
         })
     }
 
