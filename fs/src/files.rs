@@ -56,6 +56,8 @@ struct Staged {
 pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
+    /// Bypass the page cache (only `/.mlxfs/stats.json`, whose size changes between opens).
+    pub direct_io: bool,
 }
 
 impl OpenFile {
@@ -160,6 +162,7 @@ impl Vfs {
         Ok(Opened {
             fh,
             keep_cache: keep_cache && flags & libc::O_TRUNC == 0,
+            direct_io: false,
         })
     }
 
@@ -194,16 +197,24 @@ impl Vfs {
         self.handles
             .lock()
             .insert(fh, (ino, self.metrics.file(ino)));
+        let stats = tree.stats_ino == Some(ino);
+        if stats {
+            self.views.stats.open(fh);
+        }
         Ok(Opened {
             fh,
-            keep_cache: true,
+            keep_cache: !stats,
+            direct_io: stats,
         })
     }
 
-    fn read_derived(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    fn read_derived(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let tree = self.view_tree()?;
-        let Some(VNode::File { bytes, .. }) = tree.nodes.get(&ino) else {
-            return Err(Errno::ENOENT);
+        let stats = self.views.stats.snapshot(fh);
+        let bytes = match (tree.nodes.get(&ino), &stats) {
+            (Some(VNode::File { .. }), Some(snapshot)) => snapshot,
+            (Some(VNode::File { bytes, .. }), None) => bytes,
+            _ => return Err(Errno::ENOENT),
         };
         let start = (offset as usize).min(bytes.len());
         let end = start.saturating_add(size as usize).min(bytes.len());
@@ -237,7 +248,7 @@ impl Vfs {
 
     fn read_inner(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         if is_virtual(ino) {
-            return self.read_derived(ino, offset, size);
+            return self.read_derived(ino, fh, offset, size);
         }
         let file = self.handle_file(fh)?;
         let (content, file_size) = {
@@ -476,6 +487,7 @@ impl Vfs {
     pub fn release(&self, fh: u64) -> FsResult<()> {
         if self.derived_handle(fh) {
             self.handles.lock().remove(&fh);
+            self.views.stats.close(fh);
             return Ok(());
         }
         let file = self.handle_file(fh)?;

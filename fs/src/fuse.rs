@@ -99,7 +99,9 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 fn open_flags(opened: crate::files::Opened) -> FopenFlags {
-    if opened.keep_cache {
+    if opened.direct_io {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else if opened.keep_cache {
         FopenFlags::FOPEN_KEEP_CACHE
     } else {
         FopenFlags::empty()

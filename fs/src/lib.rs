@@ -7,10 +7,12 @@ pub mod files;
 pub mod fuse;
 pub mod metrics;
 pub mod platform;
+pub mod stats;
 pub mod vfs;
 pub mod views;
 
 pub use attr::{Attr, Caller, SetAttr, SetTime, StatFs};
 pub use errno::{Errno, FsResult};
 pub use files::Opened;
+pub use stats::StatsProvider;
 pub use vfs::{ChangeListener, Vfs};

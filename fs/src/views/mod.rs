@@ -72,6 +72,8 @@ pub struct ViewTree {
     /// Extra names shown inside real directories (root: `mlx`, `lmstudio`; Ollama's blobs and
     /// manifests). A real entry of the same name wins.
     pub overlay: HashMap<u64, BTreeMap<Vec<u8>, Target>>,
+    /// `/.mlxfs/stats.json`, when a stats provider is installed (its bytes are not in `nodes`).
+    pub stats_ino: Option<u64>,
 }
 
 /// Hands out stable inode numbers for derived paths.
@@ -196,6 +198,7 @@ pub struct Views {
     generation: AtomicU64,
     state: Mutex<ViewState>,
     pub(crate) gguf_cache: ollama::GgufCache,
+    pub(crate) stats: crate::stats::StatsFile,
     mounted_at: i64,
     uid: u32,
     gid: u32,
@@ -221,6 +224,7 @@ impl Views {
                 inos: InoAllocator::default(),
             }),
             gguf_cache: ollama::GgufCache::default(),
+            stats: Default::default(),
             mounted_at: now_ns(),
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
@@ -230,6 +234,10 @@ impl Views {
     /// Marks the namespace as changed; the next view access rebuilds.
     pub fn touch(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The current tree, rebuilt first if the namespace changed; with the kernel entries that
@@ -245,6 +253,13 @@ impl Views {
         mlx::build(&scan, &mut builder);
         lmstudio::build_from_hf(&scan, &mut builder);
         ollama::build(self, &scan, &mut builder)?;
+        if self.stats.installed() {
+            use crate::stats::{STATS_DIR, STATS_FILE};
+            let dir = builder.dir(&[STATS_DIR]);
+            let file = builder.synth(STATS_FILE, dir, Vec::new());
+            builder.add_file(&[STATS_DIR], STATS_FILE, file);
+            builder.tree.stats_ino = Some(file.ino());
+        }
         let tree = Arc::new(builder.tree);
         let invalidations = diff(&state.tree, &tree);
         state.tree = tree.clone();
@@ -273,6 +288,9 @@ impl Views {
                     crate::attr::BLOCK_SIZE as u64,
                     2 + subdirs,
                 )
+            }
+            VNode::File { .. } if tree.stats_ino == Some(ino) => {
+                (NodeKind::File, 0o444, self.stats.current().len() as u64, 1)
             }
             VNode::File { bytes, .. } => (NodeKind::File, 0o444, bytes.len() as u64, 1),
         };
