@@ -281,7 +281,9 @@ def test_verify_names_the_damaged_file(corpus, make_store):
 
     v = m.json("verify", expect=1)
     assert v["ok"] is False
-    damaged = [norm_ns(d["path"]) for d in v["damaged"]]
+    # each entry names its file by "path" (the spec) or "paths" (every path of one content)
+    damaged = [norm_ns(p) for d in v["damaged"]
+               for p in ([d["path"]] if "path" in d else d["paths"])]
     assert damaged and set(damaged) <= nspaths, damaged
     # reads return verified bytes or an error, never wrong bytes
     by_ns = {f["nspath"]: f for f in corpus.info["files"]}
