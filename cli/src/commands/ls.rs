@@ -61,7 +61,12 @@ pub fn run(store_dir: &Path, args: &LsArgs) -> Result<i32> {
         (Vec::new(), true)
     } else {
         match Store::open(store_dir, StoreOptions::default()) {
-            Ok(store) => (store.list_models().context("listing models")?, true),
+            Ok(store) => {
+                let mut models = store.list_models().context("listing models")?;
+                fs::views::paths::add_view_paths(&store, &mut models)
+                    .map_err(|e| anyhow::anyhow!("computing view paths: {e}"))?;
+                (models, true)
+            }
             Err(e @ StoreError::Locked { .. }) => {
                 eprintln!("note: {e}; listing the registry without sizes");
                 (registry_only(store_dir)?, false)
@@ -136,14 +141,14 @@ pub fn run(store_dir: &Path, args: &LsArgs) -> Result<i32> {
         ];
         print!("{}", human::table(&rows, &align));
         for m in &mine {
-            if let Some(first) = m.paths.first() {
-                let more = m.paths.len() - 1;
-                let more = if more > 0 {
-                    format!(" (+{more} files)")
-                } else {
-                    String::new()
-                };
-                println!("  {}: {first}{more}", m.name);
+            // Directories and manifests name the model; the blob paths behind them are in --json.
+            let shown: Vec<&String> = m.paths.iter().filter(|p| !p.contains("/blobs/")).collect();
+            if let Some((first, rest)) = shown.split_first() {
+                println!("  {}: {first}", m.name);
+                let indent = " ".repeat(m.name.len() + 4);
+                for path in rest {
+                    println!("{indent}{path}");
+                }
             }
         }
         println!();

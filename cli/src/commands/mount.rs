@@ -73,7 +73,8 @@ fn detach_stdout() {
 /// Starts `mlxfs mount --ready-pipe` in its own session with its log in the store, and waits
 /// until it says the mount answers (or why it could not).
 fn spawn_daemon(store: &Path, args: &MountArgs) -> Result<i32> {
-    std::fs::create_dir_all(store).with_context(|| format!("creating store {}", store.display()))?;
+    std::fs::create_dir_all(store)
+        .with_context(|| format!("creating store {}", store.display()))?;
     let log_path = store.join("daemon.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -82,11 +83,17 @@ fn spawn_daemon(store: &Path, args: &MountArgs) -> Result<i32> {
         .with_context(|| format!("opening {}", log_path.display()))?;
     let exe = std::env::current_exe().context("finding the mlxfs executable")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--store").arg(store).arg("mount").arg(&args.mountpoint).arg("--ready-pipe");
+    cmd.arg("--store")
+        .arg(store)
+        .arg("mount")
+        .arg(&args.mountpoint)
+        .arg("--ready-pipe");
     if args.allow_other {
         cmd.arg("--allow-other");
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
     // SAFETY: setsid in the child before exec, so terminal signals do not reach the daemon.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -97,10 +104,17 @@ fn spawn_daemon(store: &Path, args: &MountArgs) -> Result<i32> {
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     let stdout = child.stdout.take().context("daemon stdout")?;
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).context("waiting for the daemon")?;
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("waiting for the daemon")?;
     let line = line.trim();
     if line == READY {
-        eprintln!("mlxfs mounted at {} (pid {}, log {})", args.mountpoint.display(), child.id(), log_path.display());
+        eprintln!(
+            "mlxfs mounted at {} (pid {}, log {})",
+            args.mountpoint.display(),
+            child.id(),
+            log_path.display()
+        );
         return Ok(0);
     }
     if let Some(reason) = line.strip_prefix("ERROR ") {
@@ -108,5 +122,8 @@ fn spawn_daemon(store: &Path, args: &MountArgs) -> Result<i32> {
         bail!("{reason}");
     }
     let status = child.wait().context("waiting for the daemon")?;
-    bail!("the mount daemon exited ({status}) before mounting; see {}", log_path.display())
+    bail!(
+        "the mount daemon exited ({status}) before mounting; see {}",
+        log_path.display()
+    )
 }

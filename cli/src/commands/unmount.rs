@@ -17,7 +17,10 @@ pub struct UnmountArgs {
 
 pub fn run(store: &Path, args: &UnmountArgs) -> Result<i32> {
     let daemon = daemon::running_daemon(store);
-    let canonical = args.mountpoint.canonicalize().unwrap_or_else(|_| args.mountpoint.clone());
+    let canonical = args
+        .mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| args.mountpoint.clone());
     if !daemon::is_mountpoint(&args.mountpoint) {
         bail!("{} is not mounted", args.mountpoint.display());
     }
@@ -27,7 +30,10 @@ pub fn run(store: &Path, args: &UnmountArgs) -> Result<i32> {
         daemon::unmount(&args.mountpoint)
     };
     result.with_context(|| {
-        format!("unmounting {} (files still open? try --lazy)", args.mountpoint.display())
+        format!(
+            "unmounting {} (files still open? try --lazy)",
+            args.mountpoint.display()
+        )
     })?;
     // Wait for the daemon to commit and release the store, so the next command can take it.
     if daemon.is_some_and(|record| record.mountpoint == canonical) {

@@ -16,6 +16,7 @@ pub mod hf;
 pub mod lmstudio;
 pub mod mlx;
 pub mod ollama;
+pub mod paths;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
