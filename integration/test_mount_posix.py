@@ -29,7 +29,12 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, setuid to nobody)"),
 ]
 
-os.umask(0o022)
+
+@pytest.fixture(autouse=True)
+def _umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture
