@@ -1613,7 +1613,7 @@ pub fn scan(
         .map(|p| recognise(p))
         .collect::<Result<Vec<_>>>()?;
     let mut scanner = Scanner {
-        config: ChunkerConfig::default(),
+        config: crate::StoreOptions::from_env().chunker,
         progress,
         source: 0,
         layout: Layout::Hf,

@@ -22,6 +22,26 @@ pub struct StoreOptions {
     pub pack_target: u64,
 }
 
+impl StoreOptions {
+    /// Defaults, with the chunker tunable for experiments and benchmarks:
+    /// `MLXFS_CHUNK_AVG` (average chunk size in bytes, min/max scale with it) and
+    /// `MLXFS_TENSOR_CUTS=0` (plain FastCDC, no cuts at tensor boundaries).
+    pub fn from_env() -> Self {
+        let mut options = StoreOptions::default();
+        if let Some(avg) = std::env::var("MLXFS_CHUNK_AVG")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            let avg = avg.clamp(fastcdc::v2020::AVERAGE_MIN, fastcdc::v2020::AVERAGE_MAX);
+            options.chunker = ChunkerConfig::with_avg(avg);
+        }
+        if std::env::var("MLXFS_TENSOR_CUTS").is_ok_and(|v| v == "0") {
+            options.chunker.tensor_aware = false;
+        }
+        options
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {

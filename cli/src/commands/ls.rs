@@ -60,7 +60,7 @@ pub fn run(store_dir: &Path, args: &LsArgs) -> Result<i32> {
     let (mut models, sizes_available) = if !store_exists(store_dir) {
         (Vec::new(), true)
     } else {
-        match Store::open(store_dir, StoreOptions::default()) {
+        match Store::open(store_dir, StoreOptions::from_env()) {
             Ok(store) => {
                 let mut models = store.list_models().context("listing models")?;
                 fs::views::paths::add_view_paths(&store, &mut models)

@@ -38,7 +38,7 @@ pub fn open_store(dir: &Path, create: bool) -> Result<Store> {
             dir.display()
         );
     }
-    match Store::open(dir, StoreOptions::default()) {
+    match Store::open(dir, StoreOptions::from_env()) {
         Ok(store) => Ok(store),
         Err(e @ StoreError::Locked { .. }) => Err(e.into()),
         Err(e) => Err(e).with_context(|| format!("opening store {}", dir.display())),

@@ -39,7 +39,7 @@ pub fn run(store: &Path, args: &MountArgs) -> Result<i32> {
         store: store.to_path_buf(),
         mountpoint: args.mountpoint.clone(),
         allow_other: args.allow_other,
-        store_options: Default::default(),
+        store_options: store::StoreOptions::from_env(),
     };
     let ready_pipe = args.ready_pipe;
     let shown = args.mountpoint.display().to_string();
