@@ -177,6 +177,11 @@ def test_kill9_during_writes(mounted):
     write_file(root / "after", b"after the crash")
     assert read_file(root / "after") == b"after the crash"
     mounted.stop()
+    # the dead daemon's staging files were recovered or discarded at start; after a clean
+    # unmount nothing is staged any more
+    staging = mounted.store / "staging"
+    left = sorted(os.listdir(staging)) if staging.is_dir() else []
+    assert not left, f"staging files left after kill -9, remount and unmount: {left[:10]}"
     v = mounted.verify()
     assert v.returncode == 0, (f"`mlxfs verify` after kill -9 exited {v.returncode}\n"
                                f"{v.stdout.decode(errors='replace')[-3000:]}\n"
