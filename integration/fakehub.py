@@ -12,12 +12,14 @@ to `snapshot_download` / `hf_hub_download` a model repo from it. Standard librar
 Endpoints (what the two client versions use, read from their sources):
   GET  /api/models/{repo_id}                       repo info of "main" (0.36 and 2.x `repo_info`)
   GET  /api/models/{repo_id}/revision/{rev}        repo info: id, sha, siblings [{rfilename}], ...
-  GET  /api/models/{repo_id}/tree/{rev}[/{path}]   ?recursive=true; entries {type, path, oid, size,
-                                                   lfs {oid, size, pointerSize}} (2.x snapshot_download
-                                                   always lists the tree; 0.36 only for huge repos)
+  GET  /api/models/{repo_id}/tree/{rev}[/{path}]   ?recursive=true; entries {type, path, oid,
+                                                   size, lfs {oid, size, pointerSize}} (2.x
+                                                   snapshot_download always lists the tree;
+                                                   0.36 only for huge repos)
   HEAD /{repo_id}/resolve/{rev}/{path}             metadata: X-Repo-Commit, ETag (quoted), and for
                                                    LFS files X-Linked-Etag + X-Linked-Size
-  GET  /{repo_id}/resolve/{rev}/{path}             content; Range: bytes=a-b / a- -> 206 + Content-Range
+  GET  /{repo_id}/resolve/{rev}/{path}             content; Range: bytes=a-b / a- / -n -> 206
+                                                   + Content-Range
 Errors are what the real Hub sends: 404 with X-Error-Code RepoNotFound / RevisionNotFound /
 EntryNotFound (the EntryNotFound one carries X-Repo-Commit, so clients write `.no_exist/`), and
 416 for unsatisfiable ranges.
@@ -304,8 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
               content_type: str = "application/json; charset=utf-8") -> None:
         self._status = status
         self.send_response(status)
-        hdrs = {"Content-Type": content_type, "Content-Length": str(len(body)),
-                "Date": formatdate(usegmt=True)}
+        hdrs = {"Content-Type": content_type, "Content-Length": str(len(body))}
         hdrs.update(headers or {})
         for k, v in hdrs.items():
             self.send_header(k, v)
@@ -448,7 +449,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         headers["Content-Type"] = "application/octet-stream"
         headers["Content-Length"] = str(end - start)
-        headers["Date"] = formatdate(usegmt=True)
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()

@@ -59,10 +59,6 @@ def _driver(cmd: str, args: dict) -> dict:
             kw["allow_patterns"] = args["allow_patterns"]
         path = h.snapshot_download(args["repo_id"], **kw)
         return {"version": h.__version__, "path": path}
-    if cmd == "hf-file":
-        import huggingface_hub as h
-        path = h.hf_hub_download(args["repo_id"], args["filename"])
-        return {"version": h.__version__, "path": path}
     if cmd == "hf-scan":
         import huggingface_hub as h
         info = h.scan_cache_dir()
@@ -171,7 +167,8 @@ def _run_driver(py: Path | str, cmd: str, args: dict, env: dict | None = None,
     if p.returncode != 0 or res is None:
         raise AssertionError(
             f"driver `{cmd}` under {py} exited {p.returncode}\n"
-            f"--- args: {args}\n--- stdout:\n{_clip(p.stdout)}\n--- stderr:\n{_clip(p.stderr, 6000)}")
+            f"--- args: {args}\n--- stdout:\n{_clip(p.stdout)}\n"
+            f"--- stderr:\n{_clip(p.stderr, 6000)}")
     return res
 
 
@@ -435,6 +432,26 @@ def test_hf_snapshot_download_scan_and_offline(hf_client, mount_env, hub, tiny_l
     assert gets == [], f"a second snapshot_download downloaded again: {gets}"
 
 
+def test_hf036_resumes_an_incomplete_download(hf036_py, mount_env, hub, tiny_llama):
+    """0.36.x resumes `blobs/<etag>.incomplete` by appending after a `Range: bytes=N-` GET
+    (2.x always starts over in a uniquely named temp file)."""
+    me = mount_env
+    f = hub.repo(LLAMA).files["model.safetensors"]
+    blobs = repo_dir(me, LLAMA) / "blobs"
+    blobs.mkdir(parents=True)
+    src = (tiny_llama["dir"] / "model.safetensors").read_bytes()
+    half = len(src) // 2 + 123
+    (blobs / f"{f.etag}.incomplete").write_bytes(src[:half])
+    hub.reset_log()
+    hf_download(hf036_py, me, hub, LLAMA)
+    ranged = [(m, p, s) for m, p, s in hub.requests()
+              if m == "GET" and p.endswith("/model.safetensors")]
+    assert [s for _, _, s in ranged] == [206], \
+        f"expected one ranged GET (206) of model.safetensors:\n{hub_summary(hub)}"
+    check_hf_layout(me, hub, LLAMA)
+    assert not os.path.exists(blobs / f"{f.etag}.incomplete")
+
+
 # ================================================================================================
 # 2. mlx/ view: every snapshot file as a regular file with the HF blob's inode; mlx-lm loads it
 
@@ -454,8 +471,8 @@ def _check_mlx_view(me, hub, repo_id: str) -> Path:
         assert stat.S_ISREG(lst.st_mode), f"mlx/{repo_id}/{path} is not a regular file " \
                                           f"(mode {oct(lst.st_mode)})"
         blob = os.stat(hf_blob(me, hub, repo_id, path))
-        assert lst.st_ino == blob.st_ino, (f"mlx/{repo_id}/{path}: st_ino {lst.st_ino} != HF blob's "
-                                           f"{blob.st_ino}")
+        assert lst.st_ino == blob.st_ino, (f"mlx/{repo_id}/{path}: st_ino {lst.st_ino} != HF "
+                                           f"blob's {blob.st_ino}")
         assert lst.st_size == f.size, f"mlx/{repo_id}/{path}: size {lst.st_size} != {f.size}"
         assert sha256_file(mdir / path) == f.sha256, f"mlx/{repo_id}/{path}: content differs"
     return mdir
@@ -600,6 +617,55 @@ def test_hf_gguf_appears_in_ollama_and_lmstudio(clients_py, mount_env, hub, tiny
     assert lms_listed == set(GGUF_FILES), lms_listed
 
 
+def test_ollama_pull_of_hf_gguf_overrides_the_synthesized_manifest(clients_py, mount_env, hub,
+                                                                   tiny_ggufs):
+    """`ollama pull hf.co/<org>/<repo>:F16` after the HF download: the model blob exists already
+    (Ollama stats it and skips it), the config blob is pulled, and the manifest is written with
+    os.Create (O_RDWR|O_CREAT|O_TRUNC; server/manifest.go WriteManifest) over the synthesized
+    one: the real file wins, also after a remount."""
+    me = mount_env
+    hf_download(clients_py, me, hub, GGUF_REPO)
+    ollama = me.mount.path / "ollama" / "models"
+    man_path = ollama / "manifests" / "hf.co" / ORG / "tiny-gguf" / "F16"
+    assert_appears(man_path, "synthesized Ollama manifest", me)
+    f = hub.repo(GGUF_REPO).files["tiny-F16.gguf"]
+    model_blob = ollama / "blobs" / f"sha256-{f.sha256}"
+    assert model_blob.is_file(), f"{model_blob} missing"
+    config = json.dumps({"model_format": "gguf", "model_family": "llama",
+                         "model_families": ["llama"], "model_type": "1M", "file_type": "F16",
+                         "architecture": "amd64", "os": "linux", "pulled_by": "ollama"}).encode()
+    cd = _ollama_download(ollama / "blobs", config, parts=1)
+    manifest = (json.dumps({
+        "schemaVersion": 2, "mediaType": OLLAMA_MANIFEST_TYPE,
+        "config": {"mediaType": OLLAMA_CONFIG_TYPE, "digest": f"sha256:{cd}", "size": len(config)},
+        "layers": [{"mediaType": OLLAMA_MODEL_TYPE, "digest": f"sha256:{f.sha256}",
+                    "size": f.size},
+                   {"mediaType": "application/vnd.ollama.image.template",
+                    "digest": f"sha256:{_ollama_download(ollama / 'blobs', b'{{ .Prompt }}', 1)}",
+                    "size": len(b"{{ .Prompt }}")}],
+    }) + "\n").encode()
+    fd = os.open(man_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)  # os.Create
+    try:
+        assert os.write(fd, manifest) == len(manifest)
+    finally:
+        os.close(fd)
+
+    def check(when: str):
+        got = man_path.read_bytes()
+        assert got == manifest, f"{when}: {man_path} reads {got[:300]!r}, not what Ollama wrote"
+        assert os.stat(man_path).st_size == len(manifest), when
+        assert sha256_file(ollama / "blobs" / f"sha256-{cd}") == cd, when
+        assert sha256_file(model_blob) == f.sha256, when
+        lms = me.mount.path / "lmstudio" / ORG / "tiny-gguf" / "tiny-F16.gguf"
+        assert lms.is_file() and os.stat(lms).st_ino == os.stat(hf_blob(
+            me, hub, GGUF_REPO, "tiny-F16.gguf")).st_ino, f"{when}: {lms}"
+
+    check("after the write")
+    me.mount.stop()
+    me.mount.start()
+    check("after unmount + mount")
+
+
 # ================================================================================================
 # 4. An Ollama pull, replayed syscall for syscall, appears in lmstudio/ and survives a remount
 
@@ -625,8 +691,12 @@ def _ollama_download(blobs: Path, data: bytes, parts: int = 16, piece: int = 32 
 
         def write_part_file(n, off, sz, done):
             with lock:  # Ollama serializes nothing here; the lock only keeps Python tidy
-                with open(f"{partial}-{n}", "w") as pf:
-                    json.dump({"N": n, "Offset": off, "Size": sz, "Completed": done}, pf)
+                pfd = os.open(f"{partial}-{n}", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+                try:  # os.Create + json.NewEncoder(f).Encode(part)
+                    os.write(pfd, (json.dumps({"N": n, "Offset": off, "Size": sz,
+                                               "Completed": done}) + "\n").encode())
+                finally:
+                    os.close(pfd)
 
         for n, off, sz in ranges:
             write_part_file(n, off, sz, 0)
@@ -693,8 +763,11 @@ def _ollama_pull(ollama: Path, gguf_bytes: bytes) -> dict:
     }
     mp = ollama / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
     mp.parent.mkdir(parents=True, exist_ok=True)
-    with open(mp, "w") as f:  # Go: os.Create + json.NewEncoder(f).Encode
-        f.write(json.dumps(manifest) + "\n")
+    fd = os.open(mp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)  # os.Create
+    try:  # + json.NewEncoder(f).Encode(m): one write, with a newline
+        os.write(fd, (json.dumps(manifest) + "\n").encode())
+    finally:
+        os.close(fd)
     return {"manifest": mp, "bytes": mp.read_bytes(), "model_digest": layers[0]["digest"]}
 
 
