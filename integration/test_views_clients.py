@@ -15,6 +15,7 @@ Environment:
                          (default: integration/.venv-clients/bin/python)
   MLXFS_HF036_PYTHON     Python with huggingface_hub 0.36.x (default: integration/.venv-hf036/...)
   MLXFS_PAGECACHE_MB     size of the model of the page-cache test (default 512)
+  MLXFS_REQUIRE_CLIENTS  1: a missing client venv fails the tests that need it (else they skip)
 
 Set-up of the two client venvs (from the repo root):
   python3 -m venv integration/.venv-clients
@@ -179,16 +180,25 @@ def _probe(py: Path, modules: list[str]) -> dict:
         return {"error": str(e)}
 
 
+def _missing(msg: str, explicit: bool):
+    """No such client venv: a failure when it was asked for (env var, or MLXFS_REQUIRE_CLIENTS=1
+    as CI sets it), else a skip."""
+    if explicit or os.environ.get("MLXFS_REQUIRE_CLIENTS") == "1":
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
 @pytest.fixture(scope="session")
 def clients_py() -> Path:
     """Python of the clients venv (huggingface_hub 2.x, mlx, mlx-lm, tokenizers)."""
+    explicit = bool(os.environ.get("MLXFS_CLIENTS_PYTHON"))
     py = _python_from("MLXFS_CLIENTS_PYTHON", HERE / ".venv-clients" / "bin" / "python")
     if py is None:
         py = Path(sys.executable)
     have = _probe(py, ["huggingface_hub", "mlx_lm", "tokenizers"])
     if not all(have.get(m) for m in ("huggingface_hub", "mlx_lm", "tokenizers")):
-        pytest.skip(f"no clients venv: {py} lacks huggingface_hub/mlx-lm/tokenizers ({have}); "
-                    f"create integration/.venv-clients from requirements-clients.txt")
+        _missing(f"no clients venv: {py} lacks huggingface_hub/mlx-lm/tokenizers ({have}); "
+                 f"create integration/.venv-clients from requirements-clients.txt", explicit)
     major = int(have["huggingface_hub"].split(".")[0])
     assert major >= 1, f"clients venv has huggingface_hub {have['huggingface_hub']}, want 2.x"
     return py
@@ -196,13 +206,15 @@ def clients_py() -> Path:
 
 @pytest.fixture(scope="session")
 def hf036_py() -> Path:
+    explicit = bool(os.environ.get("MLXFS_HF036_PYTHON"))
     py = _python_from("MLXFS_HF036_PYTHON", HERE / ".venv-hf036" / "bin" / "python")
     if py is None:
-        pytest.skip("no integration/.venv-hf036 (huggingface_hub 0.36.x): create it from "
-                    "requirements-hf036.txt")
+        _missing("no integration/.venv-hf036 (huggingface_hub 0.36.x): create it from "
+                 "requirements-hf036.txt", explicit)
     have = _probe(py, ["huggingface_hub"])
     v = have.get("huggingface_hub")
-    assert v and v.startswith("0.36."), f"{py}: huggingface_hub {v!r}, want 0.36.x ({have})"
+    if not (v and v.startswith("0.36.")):
+        _missing(f"{py}: huggingface_hub {v!r}, want 0.36.x ({have})", explicit)
     return py
 
 

@@ -83,7 +83,7 @@ pub fn preflight(mountpoint: &Path) -> Result<(), DaemonError> {
             })
         }
         Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
             // A daemon died without unmounting: clear the dead mount so we can take its place.
             tracing::warn!(mountpoint = %shown, "clearing a stale mount left by a dead daemon");
             mounts::unmount_lazy(mountpoint)?;
@@ -102,7 +102,15 @@ pub fn preflight(mountpoint: &Path) -> Result<(), DaemonError> {
         }
     }
     if is_mountpoint(mountpoint) {
-        return Err(DaemonError::MountpointBusy(shown));
+        // A FUSE mount whose daemon died still shows in the mount table, and stat may even
+        // answer from the kernel's attribute cache; statfs always asks the daemon, so it tells.
+        match mounts::statfs_error(mountpoint) {
+            Some(code) if code == libc::ENOTCONN || code == libc::ECONNABORTED => {
+                tracing::warn!(mountpoint = %shown, "clearing a stale mount left by a dead daemon");
+                mounts::unmount_lazy(mountpoint)?;
+            }
+            _ => return Err(DaemonError::MountpointBusy(shown)),
+        }
     }
     Ok(())
 }
