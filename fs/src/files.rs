@@ -392,21 +392,30 @@ impl Vfs {
         let mut state = file.state.lock();
         let was_staged = state.staged.is_some();
         let result = (|| {
-            if state.staged.is_none() {
-                if size == 0 {
-                    // Nothing to copy: drop the content outright.
-                    self.write_tx(|tx| {
+            if state.staged.is_none() && (size == 0 || size >= inode.size) {
+                // Emptying drops the content outright; growing reads zeros past the content,
+                // which is what sparse growth means. Either way nothing needs copying, and the
+                // new length and times are committed with the content change, in one step.
+                let now = now_ns();
+                self.write_tx(|tx| {
+                    let Some(mut current) = tx.inode(ino)? else {
+                        return Err(Errno::ENOENT);
+                    };
+                    if size == 0 {
                         tx.set_content(ino, None)?;
-                        Ok(())
-                    })?;
+                    }
+                    // truncate(2) marks the times even when the length does not change.
+                    current.size = size;
+                    current.mtime = now;
+                    current.ctime = now;
+                    tx.update_inode(&current)?;
+                    Ok(())
+                })?;
+                if size == 0 {
                     state.content = None;
                     state.content_loaded = true;
-                    return Ok(());
                 }
-                if size >= inode.size {
-                    // Growing reads zeros past the content, which is what sparse growth means.
-                    return Ok(());
-                }
+                return Ok(());
             }
             self.stage(&file, &mut state)?;
             let staged = state.staged.as_mut().ok_or(Errno::EIO)?;

@@ -238,3 +238,29 @@ fn symlinks_and_xattrs() {
     vfs.removexattr(f, b"user.k").unwrap();
     assert_eq!(vfs.removexattr(f, b"user.k"), Err(Errno::ENODATA));
 }
+
+#[test]
+fn open_with_o_trunc_empties_a_committed_file_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let ino;
+    {
+        let vfs = open_vfs(dir.path());
+        ino = write_file(&vfs, ROOT_INO, b"f", &pseudo_random(100_000, 9));
+        let mtime_before = vfs.getattr(ino).unwrap().mtime;
+        let w = vfs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        assert_eq!(vfs.getattr(ino).unwrap().size, 0);
+        vfs.release(w.fh).unwrap();
+        let attr = vfs.getattr(ino).unwrap();
+        assert_eq!(attr.size, 0);
+        assert!(attr.mtime >= mtime_before);
+        // A reader racing a rewrite sees only bytes that were written.
+        let w = vfs.open(ino, libc::O_RDWR | libc::O_TRUNC).unwrap();
+        vfs.write(ino, w.fh, 0, b"{\"status\":1}", false).unwrap();
+        let r = vfs.open(ino, libc::O_RDONLY).unwrap();
+        assert_eq!(vfs.read(ino, r.fh, 0, 4096).unwrap(), b"{\"status\":1}");
+        vfs.release(r.fh).unwrap();
+        vfs.release(w.fh).unwrap();
+    }
+    let vfs = open_vfs(dir.path());
+    assert_eq!(read_all(&vfs, ino), b"{\"status\":1}");
+}
