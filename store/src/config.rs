@@ -33,3 +33,6 @@ pub const DEFAULT_AVG_CHUNK: usize = 1 << 20;
 
 /// A pack file is closed and a new one started once it grows past this size.
 pub const DEFAULT_PACK_TARGET: u64 = 1 << 30;
+
+/// Verified chunk bytes kept in the daemon for reads in progress (bounds its memory).
+pub const CHUNK_CACHE_BYTES: usize = 64 << 20;

@@ -86,7 +86,6 @@ impl Store {
             report.packs_rewritten += 1;
         }
         self.packs.seal_active()?;
-        self.forget_verified();
         report.disk_bytes_after = self.pack_disk_bytes()?;
         Ok(report)
     }

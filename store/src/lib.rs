@@ -1,10 +1,12 @@
 //! The mlxfs store: content-defined chunks named by BLAKE3, kept once in append-only packs,
 //! and a SQLite catalog mapping the namespace and file contents onto them.
 //!
-//! Read path: `Store::read` → content map (catalog) → chunk → pack (mmap), verified by BLAKE3.
+//! Read path: `Store::read` → content map (catalog) → chunk (verified cache) → pack (pread),
+//! checked against the chunk's BLAKE3 name.
 //! Write path: `Store::prepare` (chunk, hash, append) → `Store::commit` (fsync packs, one
 //! catalog transaction).
 
+pub mod cache;
 pub mod catalog;
 pub mod chunker;
 pub mod config;

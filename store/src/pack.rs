@@ -57,6 +57,7 @@ pub struct Packs {
     target_size: u64,
     active: Mutex<Option<ActivePack>>,
     maps: RwLock<HashMap<u64, Arc<Mmap>>>,
+    files: RwLock<HashMap<u64, Arc<File>>>,
 }
 
 pub fn pack_file_name(id: u64) -> String {
@@ -71,6 +72,7 @@ impl Packs {
             target_size,
             active: Mutex::new(None),
             maps: RwLock::new(HashMap::new()),
+            files: RwLock::new(HashMap::new()),
         })
     }
 
@@ -219,6 +221,55 @@ impl Packs {
         Ok(bytes)
     }
 
+    /// Reads the bytes at `loc` with pread, checks them against `hash`, and drops the pack's
+    /// pages from the page cache (the caller keeps the bytes; the kernel caches the file that
+    /// was read, and caching the pack too would hold every byte twice).
+    pub fn read_verified_owned(&self, loc: ChunkLocation, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let file = self.file(loc.pack)?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                StoreError::CorruptChunk {
+                    chunk: hex::encode(hash),
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    reason: "pack is shorter than the catalog says".into(),
+                }
+            } else {
+                StoreError::io(format!("reading pack {}", loc.pack), e)
+            }
+        })?;
+        if blake3::hash(&buf).as_bytes() != hash {
+            return Err(StoreError::CorruptChunk {
+                chunk: hex::encode(hash),
+                pack: loc.pack,
+                offset: loc.offset,
+                reason: "BLAKE3 mismatch".into(),
+            });
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on a descriptor we own; failure only means the pages stay cached.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&*file),
+                loc.offset as libc::off_t,
+                loc.len as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
+        Ok(buf)
+    }
+
+    fn file(&self, pack: u64) -> Result<Arc<File>> {
+        if let Some(file) = self.files.read().get(&pack) {
+            return Ok(file.clone());
+        }
+        let path = self.path(pack);
+        let file = Arc::new(File::open(&path).ctx(|| format!("opening {}", path.display()))?);
+        self.files.write().insert(pack, file.clone());
+        Ok(file)
+    }
+
     fn map_covering(&self, pack: u64, end: u64) -> Result<Arc<Mmap>> {
         if let Some(map) = self.maps.read().get(&pack) {
             if map.len() as u64 >= end {
@@ -250,6 +301,7 @@ impl Packs {
     /// Forgets the mapping of a pack (before gc deletes or rewrites it).
     pub fn unmap(&self, pack: u64) {
         self.maps.write().remove(&pack);
+        self.files.write().remove(&pack);
     }
 
     /// Truncates a pack to `len` bytes (startup recovery drops records no catalog row commits).

@@ -1,18 +1,20 @@
 //! The `Store` facade: opens the directory, takes the lock, recovers after a crash, and offers
 //! prepare/commit for writers and verified reads for the mount.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
+use crate::cache::ChunkCache;
 use crate::catalog::{Catalog, Tx};
-use crate::config::{ChunkerConfig, DEFAULT_PACK_TARGET};
+use crate::config::{ChunkerConfig, CHUNK_CACHE_BYTES, DEFAULT_PACK_TARGET};
 use crate::content::{ContentMap, PreparedContent};
 use crate::error::{IoContext, Result, StoreError};
-use crate::pack::{ChunkBytes, ChunkLocation, Packs};
+use crate::pack::{ChunkLocation, Packs};
 use crate::ChunkHash;
 
 /// How to open a store.
@@ -60,13 +62,12 @@ pub struct Store {
     /// Chunks appended but possibly not yet committed, so concurrent writers of the same bytes
     /// store them once.
     pub(crate) pending: Mutex<HashMap<ChunkHash, ChunkLocation>>,
-    /// Chunk ids whose bytes were checked since they were mapped; cleared by gc.
-    verified: RwLock<HashSet<i64>>,
+    /// Verified chunk bytes being read through the mount.
+    cache: ChunkCache,
     _lock: File,
 }
 
 const PENDING_LIMIT: usize = 100_000;
-const VERIFIED_LIMIT: usize = 1_000_000;
 
 impl Store {
     /// Opens (creating if needed) the store at `root` for writing, taking its exclusive lock.
@@ -84,7 +85,7 @@ impl Store {
             catalog,
             packs,
             pending: Mutex::new(HashMap::new()),
-            verified: RwLock::new(HashSet::new()),
+            cache: ChunkCache::new(CHUNK_CACHE_BYTES),
             _lock: lock,
         };
         store.recover()?;
@@ -200,20 +201,19 @@ impl Store {
     }
 
     /// Verified bytes of chunk `index` of a content.
-    pub fn chunk(&self, map: &ContentMap, index: usize) -> Result<ChunkBytes> {
+    pub fn chunk(&self, map: &ContentMap, index: usize) -> Result<Arc<Vec<u8>>> {
         let chunk = map
             .chunks
             .get(index)
             .ok_or_else(|| StoreError::Inconsistent(format!("chunk {index} out of range")))?;
-        if self.verified.read().contains(&chunk.chunk_id) {
-            return self.packs.read(chunk.location);
+        if let Some(bytes) = self.cache.get(&chunk.hash) {
+            return Ok(bytes);
         }
-        let bytes = self.packs.read_verified(chunk.location, &chunk.hash)?;
-        let mut verified = self.verified.write();
-        if verified.len() >= VERIFIED_LIMIT {
-            verified.clear();
-        }
-        verified.insert(chunk.chunk_id);
+        let bytes = Arc::new(
+            self.packs
+                .read_verified_owned(chunk.location, &chunk.hash)?,
+        );
+        self.cache.insert(chunk.hash, bytes.clone());
         Ok(bytes)
     }
 
@@ -237,11 +237,6 @@ impl Store {
             }
         }
         Ok(done)
-    }
-
-    /// Forgets which chunks were verified (their locations may have changed).
-    pub(crate) fn forget_verified(&self) {
-        self.verified.write().clear();
     }
 }
 
