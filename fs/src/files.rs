@@ -19,7 +19,7 @@ use store::{ContentMap, Inode, NodeKind};
 use crate::attr::{Attr, Caller, SetAttr};
 use crate::errno::{Errno, FsResult};
 use crate::vfs::Vfs;
-use crate::views::{is_virtual, VNode};
+use crate::views::{is_virtual, Target, VNode};
 
 /// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
@@ -123,6 +123,11 @@ impl Vfs {
         true
     }
 
+    /// Whether a derived entry shows this inode (then its bytes and mode are read-only).
+    pub(crate) fn is_view_source(&self, ino: u64) -> FsResult<bool> {
+        Ok(self.view_tree()?.sources.contains(&ino))
+    }
+
     fn derived_handle(&self, fh: u64) -> bool {
         self.handles
             .lock()
@@ -137,8 +142,17 @@ impl Vfs {
 
     /// Opens a regular file; `O_TRUNC` is applied here.
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        self.open_as(ino, flags, Caller::root())
+    }
+
+    /// Opens for `caller` (whose ids own a file materialized over a synthesized one).
+    pub fn open_as(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
         if is_virtual(ino) {
-            return self.open_derived(ino, flags);
+            return self.open_derived(ino, flags, caller);
+        }
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writing && self.is_view_source(ino)? {
+            return Err(Errno::EROFS);
         }
         let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
         match inode.kind {
@@ -183,15 +197,28 @@ impl Vfs {
     }
 
     /// Synthesized files are read-only and read from memory.
-    fn open_derived(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+    fn open_derived(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
         let tree = self.view_tree()?;
-        match tree.nodes.get(&ino) {
-            Some(VNode::File { .. }) => {}
+        let parent = match tree.nodes.get(&ino) {
+            Some(VNode::File { parent, .. }) => *parent,
             Some(VNode::Dir { .. }) => return Err(Errno::EISDIR),
             None => return Err(Errno::ENOENT),
-        }
+        };
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(Errno::EROFS);
+            // A tool writing a file we synthesized in its own tree (Ollama writing the manifest
+            // of a model it pulls itself) gets a real file in its place: real files win.
+            let name = tree.overlay.get(&parent).and_then(|entries| {
+                entries
+                    .iter()
+                    .find(|(_, t)| **t == Target::Virtual(ino))
+                    .map(|(n, _)| n.clone())
+            });
+            let Some(name) = name.filter(|_| !is_virtual(parent)) else {
+                return Err(Errno::EROFS);
+            };
+            let attr = self.create_file(parent, &name, 0o644, 0o022, caller)?;
+            self.notify_entry(parent, &name);
+            return self.open_as(attr.ino, flags & !libc::O_TRUNC, caller);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
@@ -247,8 +274,11 @@ impl Vfs {
     }
 
     fn read_inner(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        if is_virtual(ino) {
-            return self.read_derived(ino, fh, offset, size);
+        // The handle says what was opened: a synthesized file may have been replaced by a real
+        // one that the kernel still knows under the synthesized inode.
+        let opened = self.handles.lock().get(&fh).map_or(ino, |h| h.0);
+        if is_virtual(opened) {
+            return self.read_derived(opened, fh, offset, size);
         }
         let file = self.handle_file(fh)?;
         let (content, file_size) = {
@@ -342,23 +372,17 @@ impl Vfs {
         data: &[u8],
         append: bool,
     ) -> FsResult<u32> {
-        let written = self.write_inner(ino, fh, offset, data, append)?;
+        // The handle, not the inode the kernel names, says which file is written (see read).
+        let _ = ino;
+        let written = self.write_inner(fh, offset, data, append)?;
         let counters = self.handles.lock().get(&fh).map(|h| h.1.clone());
         self.metrics
             .add_written(counters.as_deref(), written as u64);
         Ok(written)
     }
 
-    fn write_inner(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        data: &[u8],
-        append: bool,
-    ) -> FsResult<u32> {
+    fn write_inner(&self, fh: u64, offset: u64, data: &[u8], append: bool) -> FsResult<u32> {
         let file = self.handle_file(fh)?;
-        debug_assert_eq!(file.ino, ino);
         let mut state = file.state.lock();
         self.stage(&file, &mut state)?;
         let staged = state.staged.as_mut().ok_or(Errno::EIO)?;

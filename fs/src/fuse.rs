@@ -362,9 +362,9 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let started = Instant::now();
-        let result = self.vfs.open(ino.0, flags.0);
+        let result = self.vfs.open_as(ino.0, flags.0, caller(req));
         self.vfs.metrics.record(Op::Open, started, result.is_ok());
         match result {
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o)),

@@ -581,6 +581,13 @@ impl Vfs {
         if is_virtual(ino) {
             return Err(Errno::EROFS);
         }
+        // Times may change (Ollama touches blobs it shares); bytes, length, mode and owner of a
+        // file a view shows may not.
+        let changes_file =
+            set.size.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some();
+        if changes_file && self.is_view_source(ino)? {
+            return Err(Errno::EROFS);
+        }
         if let Some(size) = set.size {
             self.truncate(ino, size)?;
         }

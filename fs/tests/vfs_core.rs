@@ -264,3 +264,149 @@ fn open_with_o_trunc_empties_a_committed_file_durably() {
     let vfs = open_vfs(dir.path());
     assert_eq!(read_all(&vfs, ino), b"{\"status\":1}");
 }
+
+fn mkdir_p(vfs: &Vfs, path: &[&str]) -> u64 {
+    let mut dir = ROOT_INO;
+    for part in path {
+        dir = match vfs.lookup(dir, part.as_bytes()) {
+            Ok(a) => a.ino,
+            Err(_) => {
+                vfs.mkdir(dir, part.as_bytes(), 0o755, 0, caller())
+                    .unwrap()
+                    .ino
+            }
+        };
+    }
+    dir
+}
+
+/// An HF repo laid out as huggingface_hub writes it: blobs named by etag, relative links.
+fn hf_repo(vfs: &Vfs, org: &str, name: &str, files: &[(&str, Vec<u8>)]) -> Vec<u64> {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = format!("models--{org}--{name}");
+    let blobs = mkdir_p(vfs, &["huggingface", "hub", &repo, "blobs"]);
+    let snap = mkdir_p(vfs, &["huggingface", "hub", &repo, "snapshots", commit]);
+    let refs = mkdir_p(vfs, &["huggingface", "hub", &repo, "refs"]);
+    write_file(vfs, refs, b"main", commit.as_bytes());
+    let mut inos = Vec::new();
+    for (file, data) in files {
+        let etag = hex::encode(store::ingest::sha256(data));
+        inos.push(write_file(vfs, blobs, etag.as_bytes(), data));
+        vfs.symlink(
+            snap,
+            file.as_bytes(),
+            format!("../../blobs/{etag}").as_bytes(),
+            caller(),
+        )
+        .unwrap();
+    }
+    inos
+}
+
+#[test]
+fn views_show_sources_with_their_inode_and_keep_them_read_only() {
+    use store::formats::gguf::GgufValue;
+    use store::formats::testgen::{make_gguf, make_safetensors};
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let weights = make_safetensors(&[("w", "F16", vec![4, 4], vec![7; 32])]);
+    let inos = hf_repo(
+        &vfs,
+        "org",
+        "model",
+        &[
+            ("config.json", b"{}".to_vec()),
+            ("model.safetensors", weights),
+        ],
+    );
+    let mlx = vfs.lookup(ROOT_INO, b"mlx").unwrap();
+    let org = vfs.lookup(mlx.ino, b"org").unwrap();
+    let model = vfs.lookup(org.ino, b"model").unwrap();
+    let shown = vfs.lookup(model.ino, b"model.safetensors").unwrap();
+    assert_eq!(shown.ino, inos[1], "a derived entry is its source inode");
+    assert_eq!(
+        vfs.mkdir(model.ino, b"x", 0o755, 0, caller()),
+        Err(Errno::EROFS)
+    );
+    assert_eq!(vfs.unlink(model.ino, b"config.json"), Err(Errno::EROFS));
+    assert_eq!(
+        vfs.open(shown.ino, libc::O_WRONLY).map(|_| ()),
+        Err(Errno::EROFS)
+    );
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(
+        vfs.setattr(shown.ino, chmod, caller()).map(|_| ()),
+        Err(Errno::EROFS)
+    );
+    let touch = SetAttr {
+        mtime: Some(fs::SetTime::Now),
+        ..Default::default()
+    };
+    vfs.setattr(shown.ino, touch, caller()).unwrap();
+
+    let gguf = make_gguf(
+        &[
+            ("general.architecture", GgufValue::String("llama".into())),
+            ("general.file_type", GgufValue::U32(1)),
+        ],
+        &[(
+            "t",
+            store::formats::gguf::GGML_TYPE_F16,
+            vec![8],
+            vec![3; 16],
+        )],
+    );
+    let gguf_ino = hf_repo(
+        &vfs,
+        "org",
+        "model-GGUF",
+        &[("model-F16.gguf", gguf.clone())],
+    )[0];
+    let lm = vfs.lookup(ROOT_INO, b"lmstudio").unwrap();
+    let lm_org = vfs.lookup(lm.ino, b"org").unwrap();
+    let lm_repo = vfs.lookup(lm_org.ino, b"model-GGUF").unwrap();
+    assert_eq!(
+        vfs.lookup(lm_repo.ino, b"model-F16.gguf").unwrap().ino,
+        gguf_ino
+    );
+    let ollama = mkdir_p(&vfs, &["ollama", "models"]);
+    let blobs = vfs.lookup(ollama, b"blobs").unwrap();
+    let blob_name = format!("sha256-{}", hex::encode(store::ingest::sha256(&gguf)));
+    assert_eq!(
+        vfs.lookup(blobs.ino, blob_name.as_bytes()).unwrap().ino,
+        gguf_ino
+    );
+    let repo_dir = mkdir_p(
+        &vfs,
+        &[
+            "ollama",
+            "models",
+            "manifests",
+            "hf.co",
+            "org",
+            "model-GGUF",
+        ],
+    );
+    let manifest = vfs.lookup(repo_dir, b"F16").unwrap();
+    let bytes = read_all(&vfs, manifest.ino);
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["schemaVersion"], 2);
+    assert_eq!(
+        json["layers"][0]["digest"],
+        format!("sha256:{}", &blob_name[7..])
+    );
+
+    // Ollama writing its own manifest there gets a real file, which wins from then on.
+    let w = vfs
+        .open(manifest.ino, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)
+        .unwrap();
+    vfs.write(manifest.ino, w.fh, 0, b"{\"real\":true}", false)
+        .unwrap();
+    vfs.release(w.fh).unwrap();
+    let real = vfs.lookup(repo_dir, b"F16").unwrap();
+    assert!(real.ino < fs::views::VIRTUAL_BASE);
+    assert_eq!(read_all(&vfs, real.ino), b"{\"real\":true}");
+}

@@ -18,7 +18,7 @@ pub mod mlx;
 pub mod ollama;
 pub mod paths;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -73,6 +73,9 @@ pub struct ViewTree {
     /// Extra names shown inside real directories (root: `mlx`, `lmstudio`; Ollama's blobs and
     /// manifests). A real entry of the same name wins.
     pub overlay: HashMap<u64, BTreeMap<Vec<u8>, Target>>,
+    /// Catalog inodes that some derived entry shows: their bytes and modes are read-only,
+    /// since the kernel cannot tell which of their names a write came through.
+    pub sources: HashSet<u64>,
     /// `/.mlxfs/stats.json`, when a stats provider is installed (its bytes are not in `nodes`).
     pub stats_ino: Option<u64>,
 }
@@ -154,6 +157,9 @@ impl<'a> TreeBuilder<'a> {
             return false;
         }
         children.insert(name.to_vec(), target);
+        if let Target::Real(ino) = target {
+            self.tree.sources.insert(ino);
+        }
         true
     }
 
