@@ -22,6 +22,8 @@ pub const PACK_MAGIC: &[u8; 8] = b"MLXFSPK1";
 pub const PACK_HEADER_LEN: u64 = 16;
 pub const RECORD_MAGIC: &[u8; 4] = b"MXCK";
 pub const RECORD_HEADER_LEN: u64 = 40;
+/// How far behind a chunk just read its pack's cached pages are dropped (see `read_verified_owned`).
+const READAHEAD_DROP_BEHIND: u64 = 8 << 20;
 
 /// Where a chunk's bytes live: `offset` is the first data byte (after the record header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,13 +249,16 @@ impl Packs {
                 reason: "BLAKE3 mismatch".into(),
             });
         }
+        // Kernel readahead keeps sequential reads fast but caches pages past the chunk; they are
+        // dropped once reading passes them, so the window dropped reaches back behind the chunk.
+        let drop_from = loc.offset.saturating_sub(READAHEAD_DROP_BEHIND);
         #[cfg(target_os = "linux")]
         // SAFETY: advice on a descriptor we own; failure only means the pages stay cached.
         unsafe {
             libc::posix_fadvise(
                 std::os::fd::AsRawFd::as_raw_fd(&*file),
-                loc.offset as libc::off_t,
-                loc.len as libc::off_t,
+                drop_from as libc::off_t,
+                (loc.offset + loc.len as u64 - drop_from) as libc::off_t,
                 libc::POSIX_FADV_DONTNEED,
             );
         }
