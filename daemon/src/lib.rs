@@ -7,7 +7,13 @@ use std::sync::Arc;
 
 use store::{Store, StoreOptions};
 
+pub mod client;
 pub mod mounts;
+pub mod prometheus;
+pub mod report;
+pub mod reporter;
+pub mod status;
+pub mod throughput;
 
 pub use mounts::{is_mountpoint, unmount};
 
@@ -46,6 +52,10 @@ pub struct MountRequest {
     pub mountpoint: PathBuf,
     pub allow_other: bool,
     pub store_options: StoreOptions,
+    /// Serve Prometheus text at `/metrics` on this address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow `metrics_addr` to be a non-loopback address.
+    pub metrics_allow_remote: bool,
 }
 
 /// What a running daemon writes into its store so other commands can find it.
@@ -56,6 +66,9 @@ pub struct DaemonRecord {
     pub store: PathBuf,
     /// Nanoseconds since the epoch.
     pub started: i64,
+    /// The status socket (absent when it could not be created, or from older daemons).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
 }
 
 pub const RECORD_FILE: &str = "daemon.json";
@@ -139,6 +152,21 @@ fn serve(
     report: &mut dyn FnMut(Result<(), String>),
 ) -> Result<(), DaemonError> {
     preflight(&request.mountpoint)?;
+    let metrics_listener = match request.metrics_addr {
+        Some(addr) => {
+            prometheus::check_addr(addr, request.metrics_allow_remote)
+                .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?;
+            let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+                DaemonError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("--metrics-addr {addr}: {e}"),
+                ))
+            })?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
     let mountpoint = request.mountpoint.canonicalize()?;
     let store = Arc::new(Store::open(&request.store, request.store_options.clone())?);
     let vfs = Arc::new(fs::Vfs::new(store.clone()).map_err(DaemonError::Fs)?);
@@ -163,12 +191,15 @@ fn serve(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let record = DaemonRecord {
+    let mut record = DaemonRecord {
         pid: std::process::id(),
         mountpoint: mountpoint.clone(),
         store: request.store.clone(),
         started: store::namespace::now_ns(),
+        socket: None,
     };
+    let mut reporting = Reporting::start(&vfs, &record, metrics_listener);
+    record.socket = reporting.socket();
     let record_path = request.store.join(RECORD_FILE);
     std::fs::write(
         &record_path,
@@ -204,8 +235,108 @@ fn serve(
     let served = session.join();
     handle.close();
     let _ = watcher.join();
+    reporting.stop();
     vfs.commit_all().map_err(DaemonError::Fs)?;
     let _ = std::fs::remove_file(&record_path);
     tracing::info!("unmounted");
     served.map_err(DaemonError::Io)
+}
+
+/// The status socket, its sampler and refresher threads, and `/.mlxfs/stats.json`.
+struct Reporting {
+    server: Option<status::StatusServer>,
+    stop: Vec<std::sync::mpsc::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Reporting {
+    fn start(
+        vfs: &Arc<fs::Vfs>,
+        record: &DaemonRecord,
+        metrics: Option<std::net::TcpListener>,
+    ) -> Reporting {
+        let throughput = Arc::new(throughput::Throughput::new());
+        let info = reporter::DaemonInfo {
+            pid: record.pid,
+            mountpoint: record.mountpoint.clone(),
+            store: record.store.clone(),
+            socket: None,
+            started: record.started,
+        };
+        let reporter = Arc::new(reporter::Reporter::new(
+            vfs.clone(),
+            info,
+            throughput.clone(),
+        ));
+        let mut reporting = Reporting {
+            server: None,
+            stop: Vec::new(),
+            threads: Vec::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = reporter.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mlxfs-sampler".into())
+            .spawn(move || {
+                throughput::run_sampler(throughput, || r.totals(), || r.file_counts(), rx)
+            });
+        reporting.track(tx, spawned);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = reporter.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mlxfs-refresh".into())
+            .spawn(move || r.run_refresher(rx));
+        reporting.track(tx, spawned);
+
+        let path = status::default_socket_path(&record.store);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        match status::start(&path, reporter.clone(), metrics) {
+            Ok(server) => {
+                reporter.set_socket(Some(server.path().to_path_buf()));
+                tracing::info!(socket = %path.display(), "status socket ready");
+                reporting.server = Some(server);
+            }
+            Err(e) => {
+                tracing::error!(socket = %path.display(), error = %e, "no status socket");
+            }
+        }
+        vfs.set_stats_provider(reporter);
+        reporting
+    }
+
+    fn track(
+        &mut self,
+        stop: std::sync::mpsc::Sender<()>,
+        thread: std::io::Result<std::thread::JoinHandle<()>>,
+    ) {
+        match thread {
+            Ok(t) => {
+                self.stop.push(stop);
+                self.threads.push(t);
+            }
+            Err(e) => tracing::error!(error = %e, "starting a metrics thread"),
+        }
+    }
+
+    fn socket(&self) -> Option<PathBuf> {
+        self.server.as_ref().map(|s| s.path().to_path_buf())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.stop();
+        }
+        for tx in self.stop.drain(..) {
+            let _ = tx.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Reporting {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
