@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod commands;
 mod human;
 
-use commands::{cat, gc, import, ls, mount, rm, scan, status, unmount, verify};
+use commands::{
+    cat, completions, gc, import, ls, man, mount, rm, scan, service, status, top, unmount, verify,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,8 +47,10 @@ enum Command {
     Import(import::ImportArgs),
     /// Dry run of import: what would be stored, per model and in total. Writes nothing.
     Scan(scan::ScanArgs),
-    /// Usage and savings of the store.
+    /// Usage, savings and live throughput (from the mount's status socket when mounted).
     Status(status::StatusArgs),
+    /// Live view of throughput, views, models and operations (q to quit).
+    Top(top::TopArgs),
     /// Models in the store, per layout.
     Ls(ls::LsArgs),
     /// Write a file of the store's tree to stdout.
@@ -57,6 +61,12 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Drop unreferenced chunks and compact packs.
     Gc(gc::GcArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (or write all pages into a directory).
+    Man(man::ManArgs),
+    /// Mount at login: a systemd user unit (Linux) or a launchd plist (macOS).
+    Service(service::ServiceArgs),
 }
 
 /// `$XDG_DATA_HOME/mlxfs`, else `~/.local/share/mlxfs`.
@@ -92,6 +102,12 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    // These need no store.
+    match &cli.command {
+        Command::Completions(args) => return completions::run(&mut Cli::command(), args),
+        Command::Man(args) => return man::run(Cli::command(), args),
+        _ => {}
+    }
     let store = match cli.store {
         Some(dir) => dir,
         None => default_store()?,
@@ -102,11 +118,14 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Import(args) => import::run(&store, args),
         Command::Scan(args) => scan::run(&store, args),
         Command::Status(args) => status::run(&store, args),
+        Command::Top(args) => top::run(&store, args),
         Command::Ls(args) => ls::run(&store, args),
         Command::Cat(args) => cat::run(&store, args),
         Command::Rm(args) => rm::run(&store, args),
         Command::Verify(args) => verify::run(&store, args),
         Command::Gc(args) => gc::run(&store, args),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled before the store"),
+        Command::Service(args) => service::run(&store, args),
     }
 }
 

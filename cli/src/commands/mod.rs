@@ -8,13 +8,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use store::{Store, StoreError, StoreOptions};
 
 pub mod cat;
+pub mod completions;
 pub mod gc;
 pub mod import;
 pub mod ls;
+pub mod man;
 pub mod mount;
 pub mod rm;
 pub mod scan;
+pub mod service;
 pub mod status;
+pub mod top;
 pub mod unmount;
 pub mod verify;
 

@@ -17,6 +17,13 @@ pub struct MountArgs {
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     pub allow_other: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow --metrics-addr to be a non-loopback address (metrics are readable by anyone who
+    /// can reach it).
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_allow_remote: bool,
     /// Internal: report readiness on stdout (used by --daemon).
     #[arg(long, hide = true)]
     pub ready_pipe: bool,
@@ -40,6 +47,8 @@ pub fn run(store: &Path, args: &MountArgs) -> Result<i32> {
         mountpoint: args.mountpoint.clone(),
         allow_other: args.allow_other,
         store_options: store::StoreOptions::from_env(),
+        metrics_addr: args.metrics_addr,
+        metrics_allow_remote: args.metrics_allow_remote,
     };
     let ready_pipe = args.ready_pipe;
     let shown = args.mountpoint.display().to_string();
@@ -90,6 +99,12 @@ fn spawn_daemon(store: &Path, args: &MountArgs) -> Result<i32> {
         .arg("--ready-pipe");
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(addr) = args.metrics_addr {
+        cmd.arg("--metrics-addr").arg(addr.to_string());
+    }
+    if args.metrics_allow_remote {
+        cmd.arg("--metrics-allow-remote");
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

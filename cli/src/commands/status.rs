@@ -1,12 +1,19 @@
-//! `mlxfs status [--json]`: usage and savings, from the catalog (opened read-only).
+//! `mlxfs status [--json]`: usage, savings and live throughput. Asks the mount daemon over its
+//! status socket when the store is mounted; otherwise reads the catalog (read-only) and says
+//! so. Both give the same JSON fields (docs/STATUS.md).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use daemon::report::{ModelsByLayout, StatusReport};
 use store::catalog::Catalog;
 
 use super::{print_json, store_exists, EXIT_OK};
 use crate::human::{self, Align};
+
+/// How long to wait for the daemon before falling back to the catalog.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -15,60 +22,10 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Default, serde::Serialize)]
-pub struct ModelsByLayout {
-    pub hf: u64,
-    pub ollama: u64,
-}
-
-#[derive(Debug, Default, serde::Serialize)]
-pub struct Status {
-    /// The store directory.
-    pub store: String,
-    /// Whether a store exists there (all numbers are 0 when not).
-    pub exists: bool,
-    /// Sum of the sizes of the regular files in the tree, each inode once.
-    pub logical_bytes: u64,
-    /// Bytes of the distinct chunks stored.
-    pub physical_bytes: u64,
-    pub saved_bytes: u64,
-    pub saved_percent: f64,
-    pub files: u64,
-    pub chunks: u64,
-    pub models: u64,
-    pub models_by_layout: ModelsByLayout,
-    /// Bytes of pack files on disk (includes dead bytes until `gc`).
-    pub pack_bytes: u64,
-    /// catalog.db plus its -wal.
-    pub catalog_bytes: u64,
-    pub mounted: bool,
-    pub mountpoint: Option<String>,
-    /// Pid of the process holding the store's lock (a mount or a running command).
-    pub in_use_by_pid: Option<u32>,
-    pub schema_version: i64,
-}
-
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-fn pack_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir.join("packs")) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-pub fn collect(dir: &Path) -> Result<Status> {
-    let mut status = Status {
-        store: dir.display().to_string(),
-        ..Status::default()
-    };
+/// Stored figures from the catalog alone (no daemon): live fields are zero.
+pub fn from_catalog(dir: &Path) -> Result<StatusReport> {
+    let mut status = StatusReport::empty(dir.display().to_string());
+    status.source = "catalog".into();
     if !store_exists(dir) {
         return Ok(status);
     }
@@ -90,6 +47,7 @@ pub fn collect(dir: &Path) -> Result<Status> {
     status.saved_percent = store::import::percent(status.saved_bytes, status.logical_bytes);
     status.files = totals.files;
     status.chunks = totals.chunks;
+    status.models_by_layout = ModelsByLayout::default();
     for (layout, n) in layouts {
         let n = n.max(0) as u64;
         status.models += n;
@@ -100,18 +58,46 @@ pub fn collect(dir: &Path) -> Result<Status> {
         }
     }
     status.schema_version = version;
-    status.pack_bytes = pack_bytes(dir);
-    status.catalog_bytes = file_len(&db) + file_len(&dir.join("catalog.db-wal"));
+    status.pack_bytes = daemon::reporter::pack_bytes(dir);
+    status.catalog_bytes = daemon::reporter::catalog_bytes(dir);
     status.in_use_by_pid = store::lock_holder(dir).and_then(|pid| pid.parse().ok());
-    if let Some(record) = daemon::running_daemon(dir) {
-        status.mounted = true;
-        status.mountpoint = Some(record.mountpoint.display().to_string());
-    }
+    status.at = store::namespace::now_ns();
     Ok(status)
 }
 
+/// The status, and a note on where it came from when that is not the daemon.
+pub fn collect(dir: &Path) -> Result<(StatusReport, Option<String>)> {
+    let record = daemon::running_daemon(dir);
+    let note = match record.as_ref().map(|r| (r.pid, r.socket.as_ref())) {
+        None => "not mounted: figures from the catalog".to_string(),
+        Some((pid, None)) => {
+            format!("mounted, but the daemon (pid {pid}) has no status socket: figures from the catalog")
+        }
+        Some((pid, Some(socket))) => match daemon::client::status(socket, SOCKET_TIMEOUT) {
+            Ok(status) => return Ok((status, None)),
+            Err(e) => format!(
+                "the daemon (pid {pid}) did not answer on {}: {e}; figures from the catalog",
+                socket.display()
+            ),
+        },
+    };
+    let mut status = from_catalog(dir)?;
+    if let Some(record) = record {
+        status.mounted = true;
+        status.mountpoint = Some(record.mountpoint.display().to_string());
+        status.pid = Some(record.pid);
+        status.socket = record.socket.map(|s| s.display().to_string());
+        status.started = Some(record.started);
+    }
+    Ok((status, Some(note)))
+}
+
+pub fn rate(bytes_per_sec: f64) -> String {
+    format!("{}/s", human::bytes(bytes_per_sec.max(0.0).round() as u64))
+}
+
 pub fn run(store_dir: &Path, args: &StatusArgs) -> Result<i32> {
-    let status = collect(store_dir)?;
+    let (status, note) = collect(store_dir)?;
     if args.json {
         print_json(&status)?;
         return Ok(EXIT_OK);
@@ -123,7 +109,7 @@ pub fn run(store_dir: &Path, args: &StatusArgs) -> Result<i32> {
         );
         return Ok(EXIT_OK);
     }
-    let mounted = match (&status.mountpoint, status.in_use_by_pid) {
+    let mounted = match (&status.mountpoint, status.in_use_by_pid.or(status.pid)) {
         (Some(at), pid) => format!(
             "yes, at {at}{}",
             pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
@@ -133,7 +119,10 @@ pub fn run(store_dir: &Path, args: &StatusArgs) -> Result<i32> {
     };
     println!("{:<10}{}", "store", status.store);
     println!("{:<10}{mounted}", "mounted");
-    let rows = vec![
+    if let Some(note) = &note {
+        println!("{:<10}{note}", "source");
+    }
+    let mut rows = vec![
         vec![
             "logical".to_string(),
             human::bytes(status.logical_bytes),
@@ -168,10 +157,53 @@ pub fn run(store_dir: &Path, args: &StatusArgs) -> Result<i32> {
             format!("schema v{}", status.schema_version),
         ],
     ];
+    if note.is_none() {
+        let t = &status.throughput;
+        rows.push(vec![
+            "read".into(),
+            human::bytes(status.read_bytes),
+            format!(
+                "{} now, {} over 10 s, {} over 60 s",
+                rate(status.read_bytes_per_sec),
+                rate(t.s10.read_bytes_per_sec),
+                rate(t.s60.read_bytes_per_sec)
+            ),
+        ]);
+        rows.push(vec![
+            "written".into(),
+            human::bytes(status.written_bytes),
+            format!(
+                "{} now, {} over 10 s, {} over 60 s",
+                rate(status.write_bytes_per_sec),
+                rate(t.s10.write_bytes_per_sec),
+                rate(t.s60.write_bytes_per_sec)
+            ),
+        ]);
+    }
     // Labels are at most 8 wide ("physical"), so values start at column 10 as above.
     print!(
         "{}",
         human::table(&rows, &[Align::Left, Align::Right, Align::Left])
     );
+    let top: Vec<Vec<String>> = status
+        .per_model
+        .iter()
+        .filter(|m| m.read_bytes > 0)
+        .take(5)
+        .map(|m| {
+            vec![
+                format!("  {} {}", m.layout, m.name),
+                human::bytes(m.read_bytes),
+                rate(m.read_bytes_per_sec),
+            ]
+        })
+        .collect();
+    if !top.is_empty() {
+        println!("top models by bytes read since mount:");
+        print!(
+            "{}",
+            human::table(&top, &[Align::Left, Align::Right, Align::Right])
+        );
+    }
     Ok(EXIT_OK)
 }
