@@ -32,23 +32,34 @@ else
     echo "all installed"
 fi
 
-section "python venv: $VENV"
-if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    rm -rf "$VENV"
-    if ! python3 -m venv "$VENV"; then
-        # Debian's own python3 needs python3-venv for ensurepip
-        rm -rf "$VENV"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-        python3 -m venv "$VENV"
+# make_venv DIR REQUIREMENTS: a venv at DIR with REQUIREMENTS installed, rebuilt only when the
+# requirements change.
+make_venv() {
+    local venv=$1 requirements=$2
+    section "python venv: $venv ($requirements)"
+    if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv"; then
+            # Debian's own python3 needs python3-venv for ensurepip
+            rm -rf "$venv"
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+            python3 -m venv "$venv"
+        fi
     fi
-fi
-want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
-if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
-    "$VENV/bin/pip" install --disable-pip-version-check -q -r "$REQUIREMENTS"
-    echo "$want" >"$VENV/.requirements.sha256"
-fi
-"$VENV/bin/python" --version
+    local want
+    want=$(sha256sum "$requirements" | cut -d' ' -f1)
+    if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+        "$venv/bin/pip" install --disable-pip-version-check -q -r "$requirements"
+        echo "$want" >"$venv/.requirements.sha256"
+    fi
+    "$venv/bin/python" --version
+}
+make_venv "$VENV" "$REQUIREMENTS"
+# The real clients the view tests drive: huggingface_hub 2.x with mlx-lm, and huggingface_hub 0.36.
+make_venv integration/.venv-clients integration/requirements-clients.txt
+make_venv integration/.venv-hf036 integration/requirements-hf036.txt
+export MLXFS_REQUIRE_CLIENTS=1
 
 section "cargo fmt --check"
 cargo fmt --all -- --check
