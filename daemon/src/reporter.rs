@@ -195,7 +195,13 @@ impl Reporter {
         if force_models || (stale && now >= *models_due) {
             let began = Instant::now();
             match store.list_models() {
-                Ok(list) => models = Some(list),
+                Ok(mut list) => {
+                    // Where each model also shows in the derived views (mlx/, lmstudio/, …).
+                    if let Err(e) = fs::views::paths::add_view_paths(store, &mut list) {
+                        tracing::warn!(error = %e, "status: derived paths of models");
+                    }
+                    models = Some(list)
+                }
                 Err(e) => tracing::warn!(error = %e, "status: listing models"),
             }
             let took = began.elapsed();
