@@ -190,6 +190,52 @@ def test_not_mounted_status_comes_from_the_catalog_with_every_field(mounted):
     assert "not mounted: figures from the catalog" in out, out
 
 
+def make_hf_repo(hub: Path, org: str, name: str, weights: bytes) -> Path:
+    """A minimal HF cache repo (config.json + model.safetensors) written through the mount."""
+    import hashlib
+    repo = hub / f"models--{org}--{name}"
+    commit = "c" * 40
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for fname, data in (("config.json", b'{"model_type": "llama"}'),
+                        ("model.safetensors", weights)):
+        etag = hashlib.sha256(data).hexdigest()
+        (repo / "blobs" / etag).write_bytes(data)
+        os.symlink(f"../../blobs/{etag}", snap / fname)
+    return repo
+
+
+def test_reads_through_a_derived_view_count_for_the_model_and_its_source_tree(mounted):
+    m = mounted
+    weights = os.urandom(8 * MiB)
+    make_hf_repo(m / "huggingface" / "hub", "acme", "tiny", weights)
+    via_mlx = m / "mlx" / "acme" / "tiny" / "model.safetensors"
+    assert wait_until(via_mlx.exists, 5)
+    drop_page_cache(via_mlx)
+    assert via_mlx.read_bytes() == weights
+
+    def model_row():
+        rows = [r for r in status_json(m)["per_model"] if r["name"] == "acme/tiny"]
+        return rows[0] if rows and rows[0]["read_bytes"] >= len(weights) else None
+    assert wait_until(model_row, 6), status_json(m)["per_model"]
+    row = model_row()
+    assert row["layout"] == "hf" and row["format"] == "safetensors"
+    assert row["logical_bytes"] >= len(weights)
+    st = status_json(m)
+    # The derived file is its source inode: its bytes count under hf, not mlx (docs/STATUS.md).
+    assert st["per_view"]["hf"]["read_bytes"] >= len(weights)
+    assert st["per_view"]["mlx"]["read_bytes"] == 0
+    assert st["models_by_layout"]["hf"] == 1
+
+    models = request(socket_path(m), {"v": 1, "cmd": "models"})["models"]
+    tiny = [x for x in models if x["name"] == "acme/tiny"]
+    assert tiny and "mlx/acme/tiny" in tiny[0]["paths"], models
+    assert tiny[0]["read_bytes"] >= len(weights)
+
+
 # -- the socket: permissions, other uids ------------------------------------------------------
 
 NOBODY_CLIENT = r"""
