@@ -13,6 +13,8 @@ use crate::store::Store;
 
 pub const HF_ROOT: &str = "huggingface/hub";
 pub const OLLAMA_ROOT: &str = "ollama/models";
+/// Manifests, refs and other small files the registry reads are at most this long.
+pub const SMALL_FILE_MAX: u64 = 1 << 20;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelInfo {
@@ -105,9 +107,16 @@ fn format_of(names: &BTreeSet<String>) -> &'static str {
 }
 
 impl Tx<'_> {
-    fn read_small_file(&self, store: &Store, ino: u64) -> Result<Option<Vec<u8>>> {
+    /// The bytes of a regular file of at most `max_len` bytes (manifests, refs, configs);
+    /// `None` for anything else.
+    pub fn read_small_file(
+        &self,
+        store: &Store,
+        ino: u64,
+        max_len: u64,
+    ) -> Result<Option<Vec<u8>>> {
         let inode = self.inode_required(ino)?;
-        if inode.kind != NodeKind::File || inode.size > 1 << 20 {
+        if inode.kind != NodeKind::File || inode.size > max_len {
             return Ok(None);
         }
         let mut buf = vec![0u8; inode.size as usize];
@@ -213,7 +222,7 @@ impl Store {
             let revision = match tx.lookup(entry.ino, b"refs")? {
                 Some(refs) => match tx.lookup(refs, b"main")? {
                     Some(main) => tx
-                        .read_small_file(self, main)?
+                        .read_small_file(self, main, SMALL_FILE_MAX)?
                         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
                         .unwrap_or_default(),
                     None => String::new(),
@@ -263,7 +272,7 @@ impl Store {
             if parts.len() != 4 {
                 continue;
             }
-            let Some(bytes) = tx.read_small_file(self, ino)? else {
+            let Some(bytes) = tx.read_small_file(self, ino, SMALL_FILE_MAX)? else {
                 continue;
             };
             let manifest = match parse_ollama_manifest(&bytes) {

@@ -86,17 +86,9 @@ fn read_ref(store: &Store, tx: &Tx, repo: u64) -> store::Result<Option<String>> 
     let Some(main) = tx.lookup(refs, b"main")? else {
         return Ok(None);
     };
-    let inode = tx.inode_required(main)?;
-    if inode.kind != NodeKind::File || inode.size > 128 {
-        return Ok(None);
-    }
-    let Some(content) = inode.content else {
+    let Some(buf) = tx.read_small_file(store, main, 128)? else {
         return Ok(None);
     };
-    let map = tx.content_map(content)?;
-    let mut buf = vec![0u8; inode.size as usize];
-    let n = store.read(&map, 0, &mut buf)?;
-    buf.truncate(n);
     let text = String::from_utf8_lossy(&buf).trim().to_string();
     let valid =
         !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric());

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use store::formats::gguf;
-use store::models::{parse_ollama_manifest, OLLAMA_ROOT};
-use store::{NodeKind, Store};
+use store::models::{parse_ollama_manifest, OLLAMA_ROOT, SMALL_FILE_MAX};
+use store::Store;
 
 use super::hf::HfRepo;
 use super::{lmstudio, Target, TreeBuilder, Views};
@@ -269,17 +269,9 @@ fn add_ollama_models(
             if parts.len() != 4 {
                 continue;
             }
-            let inode = tx.inode_required(ino)?;
-            if inode.kind != NodeKind::File || inode.size > 1 << 20 {
-                continue;
-            }
-            let Some(content) = inode.content else {
+            let Some(buf) = tx.read_small_file(store, ino, SMALL_FILE_MAX)? else {
                 continue;
             };
-            let map = tx.content_map(content)?;
-            let mut buf = vec![0u8; inode.size as usize];
-            let n = store.read(&map, 0, &mut buf)?;
-            buf.truncate(n);
             let manifest = match parse_ollama_manifest(&buf) {
                 Ok(m) => m,
                 Err(e) => {

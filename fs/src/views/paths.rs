@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use store::models::{parse_ollama_manifest, ModelInfo, OLLAMA_ROOT};
-use store::{NodeKind, Store};
+use store::models::{parse_ollama_manifest, ModelInfo, OLLAMA_ROOT, SMALL_FILE_MAX};
+use store::Store;
 
 use super::hf::{self, split_repo_folder};
 use super::{lmstudio, mlx, ollama};
@@ -66,18 +66,7 @@ fn ollama_lmstudio_path(store: &Store, model: &ModelInfo) -> FsResult<Option<Str
         let Some(ino) = tx.resolve_path(&manifest_path)? else {
             return Ok(None);
         };
-        let inode = tx.inode_required(ino)?;
-        if inode.kind != NodeKind::File || inode.size > 1 << 20 {
-            return Ok(None);
-        }
-        let Some(content) = inode.content else {
-            return Ok(None);
-        };
-        let map = tx.content_map(content)?;
-        let mut buf = vec![0u8; inode.size as usize];
-        let n = store.read(&map, 0, &mut buf)?;
-        buf.truncate(n);
-        Ok(Some(buf))
+        tx.read_small_file(store, ino, SMALL_FILE_MAX)
     })?;
     let Some(bytes) = bytes else { return Ok(None) };
     let Ok(manifest) = parse_ollama_manifest(&bytes) else {
