@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use daemon::report::{StatusReport, VIEWS};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -26,8 +26,12 @@ pub struct TopArgs {
 }
 
 pub fn run(store_dir: &Path, args: &TopArgs) -> Result<i32> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("`mlxfs top` needs a terminal; from a script use `mlxfs status --json`");
+    }
     let interval = Duration::from_secs_f64(args.interval.clamp(0.1, 3600.0));
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init()?;
     let result = event_loop(&mut terminal, store_dir, interval);
     ratatui::restore();
     result.map(|()| EXIT_OK)
