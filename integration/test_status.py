@@ -520,6 +520,13 @@ def test_top_shows_numbers_under_tmux_and_q_restores_the_terminal(mounted):
         tmux("kill-server", check=False, server=server)
 
 
+def test_top_without_a_terminal_says_so(tmp_path):
+    p = subprocess.run([str(mlxfs_binary()), "--store", str(tmp_path / "s"), "top"],
+                       capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and b"needs a terminal" in p.stderr, p
+    assert b"\x1b[" not in p.stdout, "escape sequences written to a non-terminal"
+
+
 # -- Prometheus -------------------------------------------------------------------------------
 
 
