@@ -56,6 +56,34 @@ fn registry_only(dir: &Path) -> Result<Vec<ModelInfo>> {
     Ok(models)
 }
 
+/// The models as the mount daemon sees them (sizes and view paths included), when it runs.
+fn from_daemon(dir: &Path) -> Option<Vec<ModelInfo>> {
+    let socket = daemon::running_daemon(dir)?.socket?;
+    let mut client =
+        daemon::client::Client::connect(&socket, std::time::Duration::from_secs(5)).ok()?;
+    let entries = client.models().ok()?;
+    Some(
+        entries
+            .into_iter()
+            .map(|m| ModelInfo {
+                layout: m.usage.layout,
+                name: m.usage.name,
+                revision: m.usage.revision,
+                format: m.usage.format,
+                files: m.usage.files,
+                logical_bytes: m.usage.logical_bytes,
+                stored_bytes: m.usage.stored_bytes,
+                unique_bytes: m.usage.unique_bytes,
+                paths: m.paths,
+                last_read: None,
+                last_view: None,
+                reads: 0,
+                inodes: Vec::new(),
+            })
+            .collect(),
+    )
+}
+
 pub fn run(store_dir: &Path, args: &LsArgs) -> Result<i32> {
     let (mut models, sizes_available) = if !store_exists(store_dir) {
         (Vec::new(), true)
@@ -67,10 +95,13 @@ pub fn run(store_dir: &Path, args: &LsArgs) -> Result<i32> {
                     .map_err(|e| anyhow::anyhow!("computing view paths: {e}"))?;
                 (models, true)
             }
-            Err(e @ StoreError::Locked { .. }) => {
-                eprintln!("note: {e}; listing the registry without sizes");
-                (registry_only(store_dir)?, false)
-            }
+            Err(e @ StoreError::Locked { .. }) => match from_daemon(store_dir) {
+                Some(models) => (models, true),
+                None => {
+                    eprintln!("note: {e}; listing the registry without sizes");
+                    (registry_only(store_dir)?, false)
+                }
+            },
             Err(e) => {
                 return Err(e).with_context(|| format!("opening store {}", store_dir.display()))
             }
