@@ -375,6 +375,11 @@ impl Reporter {
 
     /// Every model with its paths and usage (the `models` command).
     pub fn models(&self) -> Vec<ModelEntry> {
+        // `ls` must see what was just written: list afresh when the namespace moved.
+        let stale = self.cache.lock().generation != Some(self.vfs.namespace_generation());
+        if stale {
+            self.refresh(true, &mut Instant::now());
+        }
         let status = self.status();
         let cache = self.cache.lock().clone();
         let mut usage: HashMap<(String, String, String), ModelUsage> = status
