@@ -81,6 +81,32 @@ impl Client {
         parse_status(self.receive()?)
     }
 
+    /// Asks the daemon to import `paths` (absolute); `progress` gets the bytes done so far.
+    pub fn import(
+        &mut self,
+        paths: &[std::path::PathBuf],
+        progress: &dyn Fn(u64),
+    ) -> Result<store::import::ImportReport, ClientError> {
+        let paths: Vec<String> = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let mut line = json!({"v": PROTOCOL_VERSION, "cmd": "import", "paths": paths}).to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes())?;
+        // An import of a big cache takes long: wait without a read timeout.
+        self.reader.get_ref().set_read_timeout(None)?;
+        loop {
+            let mut answer = self.receive()?;
+            if let Some(bytes) = answer.get("progress").and_then(Value::as_u64) {
+                progress(bytes);
+                continue;
+            }
+            return serde_json::from_value(answer["report"].take())
+                .map_err(|e| ClientError::BadAnswer(e.to_string()));
+        }
+    }
+
     pub fn models(&mut self) -> Result<Vec<ModelEntry>, ClientError> {
         self.send("models", None)?;
         let mut answer = self.receive()?;

@@ -374,6 +374,30 @@ impl Reporter {
     }
 
     /// Every model with its paths and usage (the `models` command).
+    /// Imports caches into the mounted store, then tells the kernel what changed under it.
+    pub fn import(
+        &self,
+        paths: &[PathBuf],
+        progress: &std::sync::atomic::AtomicU64,
+    ) -> Result<String, String> {
+        let store = self.vfs.store();
+        let report = store
+            .import(paths, &|n| {
+                progress.fetch_add(n, Ordering::Relaxed);
+            })
+            .map_err(|e| e.to_string());
+        // Even a failed import may have committed batches: caches must learn of them.
+        let roots: Vec<&str> = vec![store::models::HF_ROOT, store::models::OLLAMA_ROOT];
+        if let Err(e) = self.vfs.changed_outside(&roots) {
+            tracing::warn!(error = %e, "invalidating kernel caches after an import");
+        }
+        let report = report?;
+        if let Err(e) = store.refresh_models() {
+            tracing::warn!(error = %e, "refreshing the model registry after an import");
+        }
+        serde_json::to_string(&report).map_err(|e| e.to_string())
+    }
+
     pub fn models(&self) -> Vec<ModelEntry> {
         // `ls` must see what was just written: list afresh when the namespace moved.
         let stale = self.cache.lock().generation != Some(self.vfs.namespace_generation());

@@ -13,6 +13,7 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,8 +47,17 @@ pub const SOCKET_FILE: &str = "status.sock";
 pub enum Request {
     Status,
     Models,
-    Watch { interval: Duration },
+    Watch {
+        interval: Duration,
+    },
+    /// Import these caches into the mounted store (absolute paths, read by the daemon).
+    Import {
+        paths: Vec<PathBuf>,
+    },
 }
+
+/// At most this many paths in one import request.
+pub const MAX_IMPORT_PATHS: usize = 256;
 
 /// Why a request line was refused; `code()` is the stable `code` of the error answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +76,8 @@ pub enum RequestError {
     UnknownCommand(String),
     #[error("interval_ms must be a positive integer of milliseconds")]
     BadInterval,
+    #[error("import needs \"paths\": 1 to {MAX_IMPORT_PATHS} absolute paths")]
+    BadPaths,
     #[error("request line longer than {MAX_LINE} bytes")]
     TooLong,
     #[error("request cut off before its newline")]
@@ -78,7 +90,7 @@ impl RequestError {
             RequestError::BadJson(_) | RequestError::NotObject => "bad_json",
             RequestError::NoVersion | RequestError::BadVersion(_) => "unsupported_version",
             RequestError::NoCommand | RequestError::UnknownCommand(_) => "unknown_command",
-            RequestError::BadInterval => "bad_request",
+            RequestError::BadInterval | RequestError::BadPaths => "bad_request",
             RequestError::TooLong => "line_too_long",
             RequestError::Partial => "partial_request",
         }
@@ -117,6 +129,19 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     match cmd {
         "status" => Ok(Request::Status),
         "models" => Ok(Request::Models),
+        "import" => {
+            let paths = obj
+                .get("paths")
+                .and_then(Value::as_array)
+                .filter(|p| !p.is_empty() && p.len() <= MAX_IMPORT_PATHS)
+                .ok_or(RequestError::BadPaths)?;
+            let paths = paths
+                .iter()
+                .map(|p| p.as_str().map(PathBuf::from).filter(|p| p.is_absolute()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(RequestError::BadPaths)?;
+            Ok(Request::Import { paths })
+        }
         "watch" => {
             let ms = match obj.get("interval_ms") {
                 None | Some(Value::Null) => DEFAULT_INTERVAL_MS,
@@ -222,6 +247,11 @@ fn ok_line(cmd: &str, key: &str, payload: &str) -> String {
 pub trait Source: Send + Sync + 'static {
     fn status_json(&self) -> Arc<String>;
     fn models_json(&self) -> String;
+    /// Runs an import in the daemon, counting bytes into `progress`; the report as JSON.
+    fn import(&self, paths: Vec<PathBuf>, progress: Arc<AtomicU64>) -> Result<String, String> {
+        let _ = (paths, progress);
+        Err("this daemon cannot import".into())
+    }
 }
 
 impl Source for Reporter {
@@ -230,6 +260,9 @@ impl Source for Reporter {
     }
     fn models_json(&self) -> String {
         serde_json::to_string(&self.models()).unwrap_or_else(|_| "[]".into())
+    }
+    fn import(&self, paths: Vec<PathBuf>, progress: Arc<AtomicU64>) -> Result<String, String> {
+        Reporter::import(self, &paths, &progress)
     }
 }
 
@@ -282,7 +315,36 @@ where
             Ok(Request::Watch { interval }) => {
                 return watch(source, reader, writer, interval).await;
             }
+            Ok(Request::Import { paths }) => import(source.clone(), &mut writer, paths).await?,
         }
+    }
+}
+
+/// Runs an import on a blocking thread, sending `{"progress": bytes}` lines every quarter
+/// second and then the report (or an error line).
+async fn import<S, W>(source: Arc<S>, writer: &mut W, paths: Vec<PathBuf>) -> io::Result<()>
+where
+    S: Source + ?Sized,
+    W: AsyncWrite + Unpin,
+{
+    let progress = Arc::new(AtomicU64::new(0));
+    let counter = progress.clone();
+    let mut job = tokio::task::spawn_blocking(move || source.import(paths, counter));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let outcome = loop {
+        tokio::select! {
+            done = &mut job => break done,
+            _ = tick.tick() => {
+                let bytes = progress.load(Ordering::Relaxed);
+                // A client that went away does not stop the import; it only stops the lines.
+                let _ = send(writer, &ok_line("import", "progress", &bytes.to_string())).await;
+            }
+        }
+    };
+    match outcome {
+        Ok(Ok(report)) => send(writer, &ok_line("import", "report", &report)).await,
+        Ok(Err(message)) => send(writer, &error_line("import_failed", &message)).await,
+        Err(e) => send(writer, &error_line("import_failed", &e.to_string())).await,
     }
 }
 

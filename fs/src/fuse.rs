@@ -111,6 +111,7 @@ fn open_flags(opened: crate::files::Opened) -> FopenFlags {
 /// What the invalidation worker is asked to do.
 enum Notice {
     Entry(u64, Vec<u8>),
+    Inode(u64),
     Refresh,
 }
 
@@ -128,6 +129,10 @@ impl ChangeListener for KernelInvalidator {
     fn namespace_changed(&self) {
         let _ = self.queue.lock().send(Notice::Refresh);
     }
+
+    fn content_changed(&self, ino: u64) {
+        let _ = self.queue.lock().send(Notice::Inode(ino));
+    }
 }
 
 fn invalidation_worker(
@@ -141,6 +146,10 @@ fn invalidation_worker(
         for notice in std::iter::once(first).chain(queue.try_iter()) {
             match notice {
                 Notice::Entry(parent, name) => entries.push((parent, name)),
+                Notice::Inode(ino) => {
+                    // Offset 0, length 0: every cached page and the attributes.
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                }
                 Notice::Refresh => refresh = true,
             }
         }

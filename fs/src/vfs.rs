@@ -28,6 +28,8 @@ pub trait ChangeListener: Send + Sync {
     fn entry_changed(&self, parent: u64, name: &[u8]);
     /// The namespace changed; views should be refreshed soon (not from this thread).
     fn namespace_changed(&self);
+    /// The bytes of a file changed behind the kernel's back (an import into the mounted store).
+    fn content_changed(&self, ino: u64);
 }
 
 /// One entry returned by readdir; `next_offset` resumes after it.
@@ -151,6 +153,28 @@ impl Vfs {
         if let Some(l) = listener {
             l.namespace_changed();
         }
+    }
+
+    /// The store was changed by someone other than the kernel (an import run by the daemon):
+    /// drop every cached page and attribute of the files under `roots`, and refresh views.
+    pub fn changed_outside(&self, roots: &[&str]) -> FsResult<()> {
+        let mut files = Vec::new();
+        self.read_tx(|tx| {
+            for root in roots {
+                if let Some(dir) = tx.resolve_path(root)? {
+                    tx.walk_files(dir, "", &mut files)?;
+                }
+            }
+            Ok(())
+        })?;
+        let listener = self.listener.lock().clone();
+        if let Some(l) = listener {
+            for (_, ino) in files {
+                l.content_changed(ino);
+            }
+        }
+        self.namespace_changed();
+        Ok(())
     }
 
     /// Rebuilds the views if needed and returns the kernel entries that changed meaning.

@@ -40,7 +40,7 @@ const BATCH_BYTES: u64 = 1 << 30;
 const PROGRESS_PIECE: usize = 32 << 20;
 
 /// Which tool's layout a source tree has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     Hf,
@@ -76,7 +76,7 @@ pub enum ImportError {
 pub type Result<T, E = ImportError> = std::result::Result<T, E>;
 
 /// A recognised source tree.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     /// The path as given.
     pub path: PathBuf,
@@ -93,20 +93,20 @@ pub struct Source {
 }
 
 /// An entry that was not imported, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub path: String,
     pub reason: String,
 }
 
 /// Something imported that deserves a look.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Warning {
     pub path: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ImportReport {
     pub sources: Vec<Source>,
     /// Regular files imported (a hard link counts once per name).

@@ -1,6 +1,7 @@
 //! `mlxfs import PATH... [--json]`
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use store::import::{import_total_bytes, recognise, ImportReport};
@@ -24,7 +25,6 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
     for path in &args.paths {
         recognise(path)?;
     }
-    let store = open_store(store_dir, true)?;
     // The pre-pass (a stat walk) only pays off when a bar is shown.
     let total = if stderr_is_terminal() {
         import_total_bytes(&args.paths)?
@@ -32,12 +32,36 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
         0
     };
     let bar = progress_bar(total, "importing");
-    let report = store.import(&args.paths, &|n| bar.inc(n));
-    bar.finish_and_clear();
-    let report = report?;
-    store
-        .refresh_models()
-        .context("updating the model registry")?;
+    let report = match open_store(store_dir, true) {
+        Ok(store) => {
+            let report = store.import(&args.paths, &|n| bar.inc(n));
+            bar.finish_and_clear();
+            let report = report?;
+            store
+                .refresh_models()
+                .context("updating the model registry")?;
+            report
+        }
+        Err(e) => match daemon::running_daemon(store_dir).and_then(|d| d.socket) {
+            // The store is mounted: the daemon imports, so the mount sees the result at once.
+            Some(socket) => {
+                let paths = args
+                    .paths
+                    .iter()
+                    .map(|p| {
+                        p.canonicalize()
+                            .with_context(|| format!("resolving {}", p.display()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut client = daemon::client::Client::connect(&socket, Duration::from_secs(10))
+                    .context("connecting to the mount daemon")?;
+                let report = client.import(&paths, &|done| bar.set_position(done));
+                bar.finish_and_clear();
+                report.context("importing through the mount daemon")?
+            }
+            None => return Err(e),
+        },
+    };
     for s in &report.skipped {
         eprintln!("skipped: {}: {}", s.path, s.reason);
     }

@@ -1,0 +1,46 @@
+"""`mlxfs import` while the store is mounted: the daemon imports, and the mount (and its views)
+show the result at once, with kernel caches dropped for files whose content changed."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from mountlib import mount_env, sha256_file  # noqa: E402,F401  (pytest fixture)
+
+
+def test_import_into_a_mounted_store(mount_env, corpus):
+    m = mount_env.mount
+    report = json.loads(m.cli("import", corpus.hf, corpus.ollama, "--json").stdout)
+    assert report["files"] > 0 and report["new_bytes"] > 0 and report["skipped"] == []
+
+    # Every imported file reads back through the mount, byte for byte.
+    for dirpath, _, names in os.walk(corpus.hf):
+        for name in names:
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, corpus.hf)
+            assert sha256_file(src) == sha256_file(m.path / "huggingface/hub" / rel), rel
+    # ...and appears in the derived views without a remount.
+    repo = "mlxtest/llama-mini"
+    snapshot = next((corpus.hf / "models--mlxtest--llama-mini" / "snapshots").iterdir())
+    config = m.path / "mlx" / repo / "config.json"
+    assert config.read_bytes() == (snapshot / "config.json").read_bytes()
+    assert any((m.path / "lmstudio").iterdir())
+
+    # A file rewritten in the source and imported again shows its new bytes through the mount,
+    # even though the kernel had cached the old ones.
+    ref_path = m.path / "huggingface/hub/models--mlxtest--llama-mini/refs/main"
+    old = ref_path.read_bytes()
+    (corpus.hf / "models--mlxtest--llama-mini/refs/main").write_bytes(b"f" * 40)
+    try:
+        again = json.loads(m.cli("import", corpus.hf, "--json").stdout)
+        assert ref_path.read_bytes() == b"f" * 40
+    finally:
+        (corpus.hf / "models--mlxtest--llama-mini/refs/main").write_bytes(old)
+    assert again["new_bytes"] <= 64, "re-importing stored data adds (almost) nothing"
+
+    listing = json.loads(m.cli("ls", "--json").stdout)["models"]
+    assert sum(1 for x in listing if x["name"] == repo) == 1
+    m.stop()
+    assert m.verify().returncode == 0
