@@ -474,10 +474,17 @@ impl Vfs {
         }
         let data = MappedFile::from_file(&staged.file, &staged.path)?;
         let data = &data[..(staged.size as usize).min(data.len())];
-        let prepared = self.store.prepare(data)?;
+        let guard = self.store.ingest_guard();
+        let prepared = match self.store.prepare(data) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(guard);
+                return Err(self.after_failed_commit(e));
+            }
+        };
         let (size, mtime, ctime) = (staged.size, staged.mtime, staged.ctime);
         let ino = file.ino;
-        self.store.commit(&prepared, |tx, content| {
+        let committed = self.store.commit(&prepared, |tx, content| {
             let Some(mut inode) = tx.inode(ino)? else {
                 return Ok(());
             };
@@ -486,13 +493,27 @@ impl Vfs {
             inode.mtime = mtime;
             inode.ctime = ctime;
             tx.update_inode(&inode)
-        })?;
+        });
+        drop(guard);
+        committed.map_err(|e| self.after_failed_commit(e))?;
         staged.dirty = false;
         self.namespace_changed();
         state.content_loaded = false;
         state.content = None;
         tracing::debug!(ino, size, new_bytes = prepared.new_bytes, "committed file");
         Ok(())
+    }
+
+    /// A commit that failed (typically a full disk) leaves pack bytes nobody claims: give the
+    /// space back at once rather than at the next start.
+    fn after_failed_commit(&self, e: store::StoreError) -> Errno {
+        let errno = Errno::from(e);
+        if errno == Errno::ENOSPC {
+            if let Err(e) = self.store.reclaim_uncommitted() {
+                tracing::warn!(error = %e, "reclaiming pack space after ENOSPC");
+            }
+        }
+        errno
     }
 
     fn drop_staging(&self, state: &mut FileState) {

@@ -1348,6 +1348,8 @@ impl Store {
     /// before anything is written; an unrecognised one fails the whole call. Entries that
     /// cannot be imported are skipped and listed in the report. `progress` receives bytes read.
     pub fn import(&self, paths: &[PathBuf], progress: &dyn Fn(u64)) -> Result<ImportReport> {
+        // Prepared contents wait for their batch's commit: keep reclaim_uncommitted out.
+        let _ingest = self.ingest_guard();
         let sources = paths
             .iter()
             .map(|p| recognise(p))

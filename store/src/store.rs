@@ -7,7 +7,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::cache::ChunkCache;
 use crate::catalog::{Catalog, Tx};
@@ -64,10 +64,17 @@ pub struct Store {
     pub(crate) pending: Mutex<HashMap<ChunkHash, ChunkLocation>>,
     /// Verified chunk bytes being read through the mount.
     cache: ChunkCache,
+    /// Held (shared) from prepare to commit; held exclusively to drop what no commit will claim.
+    ingest_gate: RwLock<()>,
     _lock: File,
 }
 
 const PENDING_LIMIT: usize = 100_000;
+const RESERVE_FILE: &str = "reserve";
+const RESERVE_BYTES: u64 = 16 << 20;
+
+/// Proof that a writer is between prepare and commit (see [`Store::ingest_guard`]).
+pub struct IngestGuard<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
 
 impl Store {
     /// Opens (creating if needed) the store at `root` for writing, taking its exclusive lock.
@@ -86,9 +93,11 @@ impl Store {
             packs,
             pending: Mutex::new(HashMap::new()),
             cache: ChunkCache::new(CHUNK_CACHE_BYTES),
+            ingest_gate: RwLock::new(()),
             _lock: lock,
         };
         store.recover()?;
+        store.ensure_reserve();
         Ok(store)
     }
 
@@ -159,6 +168,71 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Taken by every writer from [`Store::prepare`] until its [`Store::commit`] returns, so
+    /// [`Store::reclaim_uncommitted`] never drops bytes a commit is about to claim.
+    pub fn ingest_guard(&self) -> IngestGuard<'_> {
+        IngestGuard(self.ingest_gate.read())
+    }
+
+    /// After a failed write (a full disk): drops pack bytes no commit claimed and frees the
+    /// space reserve, so the user can delete files (the catalog needs room to record that).
+    pub fn reclaim_uncommitted(&self) -> Result<()> {
+        let _exclusive = self.ingest_gate.write();
+        let _ = std::fs::remove_file(self.root.join(RESERVE_FILE));
+        self.pending.lock().clear();
+        let Some((pack, _)) = self.packs.active() else {
+            return Ok(());
+        };
+        let committed: Option<i64> = self.catalog.read(|tx| {
+            Ok(tx
+                .conn()
+                .query_row("SELECT size FROM packs WHERE id = ?1", [pack as i64], |r| {
+                    r.get(0)
+                })
+                .ok())
+        })?;
+        self.packs.seal_active()?;
+        let keep = committed.map_or(crate::pack::PACK_HEADER_LEN, |c| c as u64);
+        tracing::info!(
+            pack,
+            keep,
+            "dropping uncommitted pack bytes after a failed write"
+        );
+        self.packs.truncate(pack, keep)
+    }
+
+    /// A few MiB held back on the store's disk, released when the disk fills up so that
+    /// deleting (which writes the catalog) still works.
+    fn ensure_reserve(&self) {
+        let path = self.root.join(RESERVE_FILE);
+        if path.exists() {
+            return;
+        }
+        let made = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|f| {
+                // SAFETY: fallocate on a descriptor we own; real blocks, unlike a sparse set_len.
+                let rc = unsafe {
+                    libc::posix_fallocate(
+                        std::os::fd::AsRawFd::as_raw_fd(&f),
+                        0,
+                        RESERVE_BYTES as libc::off_t,
+                    )
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::from_raw_os_error(rc))
+                }
+            });
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(error = %e, "could not set aside the space reserve");
+        }
     }
 
     /// Where a chunk already is, committed or pending, if anywhere.
