@@ -167,6 +167,20 @@ fn invalidation_worker(
     }
 }
 
+impl FuseAdapter {
+    /// Runs one core operation, counting it and its latency for the status report.
+    fn timed<T>(
+        &self,
+        op: Op,
+        f: impl FnOnce(&Vfs) -> crate::errno::FsResult<T>,
+    ) -> crate::errno::FsResult<T> {
+        let started = Instant::now();
+        let result = f(&self.vfs);
+        self.vfs.metrics.record(op, started, result.is_ok());
+        result
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
@@ -190,22 +204,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let started = Instant::now();
-        let result = self.vfs.lookup(parent.0, name.as_bytes());
-        self.vfs.metrics.record(Op::Lookup, started, result.is_ok());
-        match result {
+        match self.timed(Op::Lookup, |vfs| vfs.lookup(parent.0, name.as_bytes())) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let started = Instant::now();
-        let result = self.vfs.getattr(ino.0);
-        self.vfs
-            .metrics
-            .record(Op::Getattr, started, result.is_ok());
-        match result {
+        match self.timed(Op::Getattr, |vfs| vfs.getattr(ino.0)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -238,12 +244,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(set_time),
             ctime: ctime.map(ns),
         };
-        let started = Instant::now();
-        let result = self.vfs.setattr(ino.0, set, caller(req));
-        self.vfs
-            .metrics
-            .record(Op::Setattr, started, result.is_ok());
-        match result {
+        match self.timed(Op::Setattr, |vfs| vfs.setattr(ino.0, set, caller(req))) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -294,20 +295,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let started = Instant::now();
-        let result = self.vfs.unlink(parent.0, name.as_bytes());
-        self.vfs.metrics.record(Op::Unlink, started, result.is_ok());
-        match result {
+        match self.timed(Op::Unlink, |vfs| vfs.unlink(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let started = Instant::now();
-        let result = self.vfs.rmdir(parent.0, name.as_bytes());
-        self.vfs.metrics.record(Op::Unlink, started, result.is_ok());
-        match result {
+        match self.timed(Op::Unlink, |vfs| vfs.rmdir(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -342,16 +337,15 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let started = Instant::now();
-        let result = self.vfs.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        );
-        self.vfs.metrics.record(Op::Rename, started, result.is_ok());
-        match result {
+        match self.timed(Op::Rename, |vfs| {
+            vfs.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            )
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -372,10 +366,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let started = Instant::now();
-        let result = self.vfs.open_as(ino.0, flags.0, caller(req));
-        self.vfs.metrics.record(Op::Open, started, result.is_ok());
-        match result {
+        match self.timed(Op::Open, |vfs| vfs.open_as(ino.0, flags.0, caller(req))) {
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o)),
             Err(e) => reply.error(errno(e)),
         }
@@ -392,10 +383,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let started = Instant::now();
-        let result = self.vfs.read(ino.0, fh.0, offset, size);
-        self.vfs.metrics.record(Op::Read, started, result.is_ok());
-        match result {
+        match self.timed(Op::Read, |vfs| vfs.read(ino.0, fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
@@ -419,10 +407,9 @@ impl Filesystem for FuseAdapter {
             }
         }
         let append = flags.0 & libc::O_APPEND != 0;
-        let started = Instant::now();
-        let result = self.vfs.write(ino.0, fh.0, offset, data, append);
-        self.vfs.metrics.record(Op::Write, started, result.is_ok());
-        match result {
+        match self.timed(Op::Write, |vfs| {
+            vfs.write(ino.0, fh.0, offset, data, append)
+        }) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -436,10 +423,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let started = Instant::now();
-        let result = self.vfs.flush(fh.0);
-        self.vfs.metrics.record(Op::Flush, started, result.is_ok());
-        match result {
+        match self.timed(Op::Flush, |vfs| vfs.flush(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -455,12 +439,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let started = Instant::now();
-        let result = self.vfs.release(fh.0);
-        self.vfs
-            .metrics
-            .record(Op::Release, started, result.is_ok());
-        match result {
+        match self.timed(Op::Release, |vfs| vfs.release(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -474,10 +453,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let started = Instant::now();
-        let result = self.vfs.fsync(fh.0);
-        self.vfs.metrics.record(Op::Fsync, started, result.is_ok());
-        match result {
+        match self.timed(Op::Fsync, |vfs| vfs.fsync(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -498,12 +474,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let started = Instant::now();
-        let result = self.vfs.readdir(fh.0, offset);
-        self.vfs
-            .metrics
-            .record(Op::Readdir, started, result.is_ok());
-        match result {
+        match self.timed(Op::Readdir, |vfs| vfs.readdir(fh.0, offset)) {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(
@@ -529,12 +500,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let started = Instant::now();
-        let result = self.vfs.readdir(fh.0, offset);
-        self.vfs
-            .metrics
-            .record(Op::Readdir, started, result.is_ok());
-        match result {
+        match self.timed(Op::Readdir, |vfs| vfs.readdir(fh.0, offset)) {
             Ok(entries) => {
                 for e in entries {
                     let Ok(attr) = self.vfs.getattr(e.ino) else {
@@ -634,12 +600,7 @@ impl Filesystem for FuseAdapter {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions makes the kernel check modes; we only confirm the inode exists.
-        let started = Instant::now();
-        let result = self.vfs.getattr(ino.0);
-        self.vfs
-            .metrics
-            .record(Op::Getattr, started, result.is_ok());
-        match result {
+        match self.timed(Op::Getattr, |vfs| vfs.getattr(ino.0)) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
