@@ -258,6 +258,12 @@ impl Reporter {
     /// The report, as of now.
     pub fn status(&self) -> StatusReport {
         let info = self.info.lock().clone();
+        // Totals are one row kept by triggers: read them afresh when the namespace moved, so a
+        // file just closed counts at once (the model list keeps its own, slower refresh).
+        if self.cache.lock().generation != Some(self.vfs.namespace_generation()) {
+            let mut not_models = Instant::now() + Duration::from_secs(3600);
+            self.refresh(false, &mut not_models);
+        }
         let cache = self.cache.lock().clone();
         let now = Instant::now();
         let (read, written) = self.totals();
@@ -373,7 +379,6 @@ impl Reporter {
         json
     }
 
-    /// Every model with its paths and usage (the `models` command).
     /// Imports caches into the mounted store, then tells the kernel what changed under it.
     pub fn import(
         &self,
@@ -398,6 +403,7 @@ impl Reporter {
         serde_json::to_string(&report).map_err(|e| e.to_string())
     }
 
+    /// Every model with its paths and usage (the `models` command).
     pub fn models(&self) -> Vec<ModelEntry> {
         // `ls` must see what was just written: list afresh when the namespace moved.
         let stale = self.cache.lock().generation != Some(self.vfs.namespace_generation());
