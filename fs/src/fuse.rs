@@ -111,7 +111,6 @@ fn open_flags(opened: crate::files::Opened) -> FopenFlags {
 /// What the invalidation worker is asked to do.
 enum Notice {
     Entry(u64, Vec<u8>),
-    Inode(u64),
     Refresh,
 }
 
@@ -119,6 +118,9 @@ enum Notice {
 /// from inside a request handler could deadlock on the directory the kernel holds locked.
 struct KernelInvalidator {
     queue: Mutex<std::sync::mpsc::Sender<Notice>>,
+    /// For `content_changed`, which is only called off the request threads and must have
+    /// taken effect when it returns (an import's caller reads right after).
+    notifier: Notifier,
 }
 
 impl ChangeListener for KernelInvalidator {
@@ -131,7 +133,8 @@ impl ChangeListener for KernelInvalidator {
     }
 
     fn content_changed(&self, ino: u64) {
-        let _ = self.queue.lock().send(Notice::Inode(ino));
+        // Offset 0, length 0: every cached page and the attributes. ENOENT: nothing cached.
+        let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
     }
 }
 
@@ -146,10 +149,6 @@ fn invalidation_worker(
         for notice in std::iter::once(first).chain(queue.try_iter()) {
             match notice {
                 Notice::Entry(parent, name) => entries.push((parent, name)),
-                Notice::Inode(ino) => {
-                    // Offset 0, length 0: every cached page and the attributes.
-                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                }
                 Notice::Refresh => refresh = true,
             }
         }
@@ -664,6 +663,7 @@ pub fn mount(
         .spawn(move || invalidation_worker(weak, notifier, receiver))?;
     vfs.set_listener(Arc::new(KernelInvalidator {
         queue: Mutex::new(sender),
+        notifier: session.notifier(),
     }));
     session.spawn()
 }

@@ -28,7 +28,8 @@ pub trait ChangeListener: Send + Sync {
     fn entry_changed(&self, parent: u64, name: &[u8]);
     /// The namespace changed; views should be refreshed soon (not from this thread).
     fn namespace_changed(&self);
-    /// The bytes of a file changed behind the kernel's back (an import into the mounted store).
+    /// The bytes of a file changed behind the kernel's back (an import into the mounted store);
+    /// takes effect before it returns, so it must not be called from a request handler.
     fn content_changed(&self, ino: u64);
 }
 
