@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use store::formats::gguf;
 use store::models::{parse_ollama_manifest, OLLAMA_ROOT, SMALL_FILE_MAX};
-use store::Store;
+use store::{Store, ROOT_INO};
 
 use super::hf::HfRepo;
 use super::{lmstudio, Target, TreeBuilder, Views};
@@ -207,22 +207,41 @@ pub(crate) fn build(views: &Views, repos: &[HfRepo], builder: &mut TreeBuilder) 
         }
     }
     let root: Vec<&str> = OLLAMA_ROOT.split('/').collect();
-    let dirs: Vec<u64> = store.catalog().write(|tx| {
-        let mut out = Vec::new();
-        for dir in &wanted_dirs {
-            let parts: Vec<&[u8]> = root
-                .iter()
+    let paths: Vec<Vec<&[u8]>> = wanted_dirs
+        .iter()
+        .map(|dir| {
+            root.iter()
                 .map(|p| p.as_bytes())
                 .chain(dir.iter().map(|p| p.as_bytes()))
-                .collect();
-            out.push(
-                tx.mkdir_p(&parts, 0o755, unsafe { libc::geteuid() }, unsafe {
-                    libc::getegid()
-                })?,
-            );
+                .collect()
+        })
+        .collect();
+    // Views are rebuilt after every namespace change; a write transaction is only needed the
+    // first time a directory is missing.
+    let existing: Option<Vec<u64>> = store.catalog().read(|tx| {
+        let mut out = Vec::with_capacity(paths.len());
+        for parts in &paths {
+            let mut dir = ROOT_INO;
+            for part in parts {
+                match tx.lookup(dir, part)? {
+                    Some(ino) => dir = ino,
+                    None => return Ok(None),
+                }
+            }
+            out.push(dir);
         }
-        Ok(out)
+        Ok(Some(out))
     })?;
+    let dirs: Vec<u64> = match existing {
+        Some(dirs) => dirs,
+        None => store.catalog().write(|tx| {
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            paths
+                .iter()
+                .map(|parts| tx.mkdir_p(parts, 0o755, uid, gid))
+                .collect()
+        })?,
+    };
     let (blobs_dir, manifests_dir) = (dirs[0], dirs[1]);
 
     let mut seen_models: HashMap<String, ()> = HashMap::new();
