@@ -85,13 +85,16 @@ impl Client {
     pub fn import(
         &mut self,
         paths: &[std::path::PathBuf],
+        options: store::import::ImportOptions,
         progress: &dyn Fn(u64),
     ) -> Result<store::import::ImportReport, ClientError> {
         let paths: Vec<String> = paths
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
-        let mut line = json!({"v": PROTOCOL_VERSION, "cmd": "import", "paths": paths}).to_string();
+        let mut line = json!({"v": PROTOCOL_VERSION, "cmd": "import", "paths": paths,
+            "verify_sources": options.verify_sources})
+        .to_string();
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
         // An import of a big cache takes long: wait without a read timeout.

@@ -383,11 +383,12 @@ impl Reporter {
     pub fn import(
         &self,
         paths: &[PathBuf],
+        options: store::import::ImportOptions,
         progress: &std::sync::atomic::AtomicU64,
     ) -> Result<String, String> {
         let store = self.vfs.store();
         let report = store
-            .import(paths, &|n| {
+            .import_with(paths, options, &|n| {
                 progress.fetch_add(n, Ordering::Relaxed);
             })
             .map_err(|e| e.to_string());

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use store::import::ImportOptions;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, Semaphore};
@@ -53,6 +54,7 @@ pub enum Request {
     /// Import these caches into the mounted store (absolute paths, read by the daemon).
     Import {
         paths: Vec<PathBuf>,
+        options: ImportOptions,
     },
 }
 
@@ -140,7 +142,14 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
                 .map(|p| p.as_str().map(PathBuf::from).filter(|p| p.is_absolute()))
                 .collect::<Option<Vec<_>>>()
                 .ok_or(RequestError::BadPaths)?;
-            Ok(Request::Import { paths })
+            let verify_sources = match obj.get("verify_sources") {
+                None | Some(Value::Null) => false,
+                Some(v) => v.as_bool().ok_or(RequestError::BadPaths)?,
+            };
+            Ok(Request::Import {
+                paths,
+                options: ImportOptions { verify_sources },
+            })
         }
         "watch" => {
             let ms = match obj.get("interval_ms") {
@@ -248,8 +257,13 @@ pub trait Source: Send + Sync + 'static {
     fn status_json(&self) -> Arc<String>;
     fn models_json(&self) -> String;
     /// Runs an import in the daemon, counting bytes into `progress`; the report as JSON.
-    fn import(&self, paths: Vec<PathBuf>, progress: Arc<AtomicU64>) -> Result<String, String> {
-        let _ = (paths, progress);
+    fn import(
+        &self,
+        paths: Vec<PathBuf>,
+        options: ImportOptions,
+        progress: Arc<AtomicU64>,
+    ) -> Result<String, String> {
+        let _ = (paths, options, progress);
         Err("this daemon cannot import".into())
     }
 }
@@ -261,8 +275,13 @@ impl Source for Reporter {
     fn models_json(&self) -> String {
         serde_json::to_string(&self.models()).unwrap_or_else(|_| "[]".into())
     }
-    fn import(&self, paths: Vec<PathBuf>, progress: Arc<AtomicU64>) -> Result<String, String> {
-        Reporter::import(self, &paths, &progress)
+    fn import(
+        &self,
+        paths: Vec<PathBuf>,
+        options: ImportOptions,
+        progress: Arc<AtomicU64>,
+    ) -> Result<String, String> {
+        Reporter::import(self, &paths, options, &progress)
     }
 }
 
@@ -315,21 +334,28 @@ where
             Ok(Request::Watch { interval }) => {
                 return watch(source, reader, writer, interval).await;
             }
-            Ok(Request::Import { paths }) => import(source.clone(), &mut writer, paths).await?,
+            Ok(Request::Import { paths, options }) => {
+                import(source.clone(), &mut writer, paths, options).await?
+            }
         }
     }
 }
 
 /// Runs an import on a blocking thread, sending `{"progress": bytes}` lines every quarter
 /// second and then the report (or an error line).
-async fn import<S, W>(source: Arc<S>, writer: &mut W, paths: Vec<PathBuf>) -> io::Result<()>
+async fn import<S, W>(
+    source: Arc<S>,
+    writer: &mut W,
+    paths: Vec<PathBuf>,
+    options: ImportOptions,
+) -> io::Result<()>
 where
     S: Source + ?Sized,
     W: AsyncWrite + Unpin,
 {
     let progress = Arc::new(AtomicU64::new(0));
     let counter = progress.clone();
-    let mut job = tokio::task::spawn_blocking(move || source.import(paths, counter));
+    let mut job = tokio::task::spawn_blocking(move || source.import(paths, options, counter));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let outcome = loop {
         tokio::select! {

@@ -122,6 +122,11 @@ pub struct ImportReport {
     pub new_bytes: u64,
     /// Bytes of files whose content the store already held whole (attached without chunking).
     pub already_stored_bytes: u64,
+    /// Of those, bytes of digest-named blobs that were not read at all: the store held content
+    /// of that SHA-256 and size, so the name's promise is kept by the stored bytes (see
+    /// [`ImportOptions::verify_sources`]).
+    #[serde(default)]
+    pub unread_bytes: u64,
     pub skipped: Vec<Skipped>,
     pub warnings: Vec<Warning>,
 }
@@ -1015,8 +1020,19 @@ fn apply(tx: &Tx, op: &Op, links: &mut HashMap<(u64, u64), u64>) -> StoreResult<
     }
 }
 
+/// How an import treats its sources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportOptions {
+    /// Hash digest-named blobs even when the store already holds content of that SHA-256 and
+    /// size. Off by default: what the namespace gets is the stored content, which does hash to
+    /// the name, so reading the source would only find out whether the source copy is damaged.
+    #[serde(default)]
+    pub verify_sources: bool,
+}
+
 struct Importer<'a> {
     store: &'a Store,
+    options: ImportOptions,
     progress: &'a dyn Fn(u64),
     layout: Layout,
     report: &'a mut ImportReport,
@@ -1181,6 +1197,26 @@ impl Importer<'_> {
                 progress(meta.size);
                 self.report.bytes += meta.size;
                 self.report.already_stored_bytes += meta.size;
+                self.report.unread_bytes += meta.size;
+                self.count(outcome);
+                return Ok(());
+            }
+            if let (Some(id), false) = (found, self.options.verify_sources) {
+                // The stored content hashes to the name: attach it without reading the source.
+                let op = Op::File {
+                    parent,
+                    name,
+                    meta,
+                    content: Content::Existing(id),
+                    path: shown,
+                    link_key,
+                };
+                let links = &mut *self.links;
+                let outcome = self.store.catalog().write(|tx| apply(tx, &op, links))?;
+                progress(meta.size);
+                self.report.bytes += meta.size;
+                self.report.already_stored_bytes += meta.size;
+                self.report.unread_bytes += meta.size;
                 self.count(outcome);
                 return Ok(());
             }
@@ -1348,6 +1384,16 @@ impl Store {
     /// before anything is written; an unrecognised one fails the whole call. Entries that
     /// cannot be imported are skipped and listed in the report. `progress` receives bytes read.
     pub fn import(&self, paths: &[PathBuf], progress: &dyn Fn(u64)) -> Result<ImportReport> {
+        self.import_with(paths, ImportOptions::default(), progress)
+    }
+
+    /// [`Store::import`] with options.
+    pub fn import_with(
+        &self,
+        paths: &[PathBuf],
+        options: ImportOptions,
+        progress: &dyn Fn(u64),
+    ) -> Result<ImportReport> {
         // Prepared contents wait for their batch's commit: keep reclaim_uncommitted out.
         let _ingest = self.ingest_guard();
         let sources = paths
@@ -1364,6 +1410,7 @@ impl Store {
             tracing::info!(path = %source.path.display(), layout = source.layout.as_str(), "importing");
             let mut importer = Importer {
                 store: self,
+                options,
                 progress,
                 layout: source.layout,
                 report: &mut report,
@@ -2168,15 +2215,60 @@ mod tests {
         assert!(report.skipped.is_empty(), "{:?}", report.skipped);
         assert!(report.already_stored_bytes >= w.len() as u64);
         std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
-        // Rewritten with other bytes (new mtime): checked, and the lie is skipped.
+        // Rewritten with other bytes (new mtime): by default the stored content, which hashes
+        // to the name, is attached without reading the source...
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&blob, weights(50)).unwrap();
         let report = store.import(std::slice::from_ref(&hub), &|_| {}).unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        assert!(report.unread_bytes >= w.len() as u64);
+        let in_store = format!("{HF_ROOT}/models--org--base/blobs/{etag}");
+        assert_eq!(ns_read(&store, &in_store).unwrap(), kept);
+        // ...and with verify_sources the source is hashed and its lie skipped.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&blob, weights(51)).unwrap();
+        let verify = ImportOptions {
+            verify_sources: true,
+        };
+        let report = store
+            .import_with(std::slice::from_ref(&hub), verify, &|_| {})
+            .unwrap();
         assert!(skipped_reason(&report, &etag).unwrap().contains("SHA-256"));
-        assert_eq!(
-            ns_read(&store, &format!("{HF_ROOT}/models--org--base/blobs/{etag}")).unwrap(),
-            kept
-        );
+        assert_eq!(report.unread_bytes, 0);
+        assert_eq!(ns_read(&store, &in_store).unwrap(), kept);
+    }
+
+    #[test]
+    fn stored_digests_are_attached_without_reading_the_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub_a, hub_b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (w, etag) = make_hub(&hub_a, "org/base", 1);
+        make_hub(&hub_b, "org/copy", 1);
+        let store = open_store(&tmp.path().join("store"));
+        store.import(std::slice::from_ref(&hub_a), &|_| {}).unwrap();
+        // The same name under another repo, with damaged bytes: the stored content (which does
+        // hash to the name) is attached; the source is never read, so the damage goes unseen.
+        let blob = hub_b.join(format!("models--org--copy/blobs/{etag}"));
+        let mut damaged = w.clone();
+        damaged[7] ^= 0x40;
+        std::fs::write(&blob, &damaged).unwrap();
+        let report = store.import(std::slice::from_ref(&hub_b), &|_| {}).unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        assert_eq!(report.new_bytes, 0);
+        assert!(report.unread_bytes >= w.len() as u64);
+        let copy = format!("{HF_ROOT}/models--org--copy/blobs/{etag}");
+        assert_eq!(ns_read(&store, &copy).unwrap(), w);
+        // Asked to verify sources, the damaged copy is hashed and skipped.
+        let store2 = open_store(&tmp.path().join("store2"));
+        store2.import(std::slice::from_ref(&hub_a), &|_| {}).unwrap();
+        let verify = ImportOptions {
+            verify_sources: true,
+        };
+        let report = store2
+            .import_with(std::slice::from_ref(&hub_b), verify, &|_| {})
+            .unwrap();
+        assert!(skipped_reason(&report, &etag).unwrap().contains("SHA-256"));
+        assert_eq!(report.unread_bytes, 0);
     }
 
     #[test]
@@ -2346,8 +2438,9 @@ mod tests {
             &ollama.join("manifests/registry.ollama.ai/library/broken/latest"),
             b"{not json",
         );
-        // A blob named like one the store will already hold, with other bytes.
-        let (_, etag) = make_hub(&tmp.path().join("unused"), "org/x", 1);
+        // A blob named like one the store will already hold, with other bytes of the same
+        // length: the stored content, which does hash to the name, is attached unread.
+        let (w, etag) = make_hub(&tmp.path().join("unused"), "org/x", 1);
         write(
             &hub.join(format!("models--org--zzz/blobs/{etag}")),
             &weights(99),
@@ -2372,12 +2465,15 @@ mod tests {
             Some("partial download")
         );
         assert!(skipped_reason(&report, "pipe").unwrap().contains("fifo"));
-        assert!(
-            skipped_reason(&report, &format!("models--org--zzz/blobs/{etag}"))
-                .unwrap()
-                .contains("SHA-256")
+        assert_eq!(
+            skipped_reason(&report, &format!("models--org--zzz/blobs/{etag}")),
+            None
         );
-        assert_eq!(report.skipped.len(), 6, "{:?}", report.skipped);
+        assert_eq!(
+            ns_read(&store, &format!("{HF_ROOT}/models--org--zzz/blobs/{etag}")).unwrap(),
+            w
+        );
+        assert_eq!(report.skipped.len(), 5, "{:?}", report.skipped);
         assert!(ns_inode(&store, &format!("{HF_ROOT}/models--org--base/blobs/{liar}")).is_none());
         assert!(ns_inode(&store, &format!("{OLLAMA_ROOT}/blobs/sha256-{olliar}")).is_none());
         // Warnings: the git blob whose name does not match, and the broken manifest (imported).

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use store::import::{import_total_bytes, recognise, ImportReport};
+use store::import::{import_total_bytes, recognise, ImportOptions, ImportReport};
 
 use super::{open_store, print_json, progress_bar, stderr_is_terminal, EXIT_OK, EXIT_SKIPPED};
 use crate::human;
@@ -18,6 +18,10 @@ pub struct ImportArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Hash every digest-named blob, even one whose content the store already holds (by
+    /// default such a blob is attached without reading it: the stored bytes match its name).
+    #[arg(long)]
+    pub verify_sources: bool,
 }
 
 pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
@@ -32,9 +36,12 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
         0
     };
     let bar = progress_bar(total, "importing");
+    let options = ImportOptions {
+        verify_sources: args.verify_sources,
+    };
     let report = match open_store(store_dir, true) {
         Ok(store) => {
-            let report = store.import(&args.paths, &|n| bar.inc(n));
+            let report = store.import_with(&args.paths, options, &|n| bar.inc(n));
             bar.finish_and_clear();
             let report = report?;
             store
@@ -55,7 +62,7 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
                     .collect::<Result<Vec<_>>>()?;
                 let mut client = daemon::client::Client::connect(&socket, Duration::from_secs(10))
                     .context("connecting to the mount daemon")?;
-                let report = client.import(&paths, &|done| bar.set_position(done));
+                let report = client.import(&paths, options, &|done| bar.set_position(done));
                 bar.finish_and_clear();
                 report.context("importing through the mount daemon")?
             }
