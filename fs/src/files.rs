@@ -24,6 +24,12 @@ use crate::views::{is_virtual, Target, VNode};
 /// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
+/// A file being written, or changed through the mount this recently, is read around the page
+/// cache. Without this a reader racing an `O_TRUNC` rewrite can copy out a page the kernel filled
+/// while the file was momentarily empty, under the length of the next write: zeros that were
+/// never written. Mapping such a file still works (`FUSE_DIRECT_IO_ALLOW_MMAP`).
+pub const HOT_FILE_WINDOW_NS: i64 = 1_000_000_000;
+
 /// Copy granularity when staging a committed file.
 const STAGE_COPY_BUF: usize = 4 << 20;
 
@@ -56,7 +62,8 @@ struct Staged {
 pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
-    /// Bypass the page cache (only `/.mlxfs/stats.json`, whose size changes between opens).
+    /// Bypass the page cache: `/.mlxfs/stats.json`, whose size changes between opens, and
+    /// read-only opens of a file that is hot (see [`HOT_FILE_WINDOW_NS`]).
     pub direct_io: bool,
 }
 
@@ -161,7 +168,8 @@ impl Vfs {
             NodeKind::File => {}
         }
         let file = self.hold_file(ino);
-        let keep_cache = file.state.lock().staged.is_none();
+        let staged = file.state.lock().staged.is_some();
+        let hot = staged || now_ns().saturating_sub(inode.ctime) < HOT_FILE_WINDOW_NS;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -175,8 +183,8 @@ impl Vfs {
         }
         Ok(Opened {
             fh,
-            keep_cache: keep_cache && flags & libc::O_TRUNC == 0,
-            direct_io: false,
+            keep_cache: !staged && flags & libc::O_TRUNC == 0,
+            direct_io: hot && !writable,
         })
     }
 
@@ -266,7 +274,11 @@ impl Vfs {
     /// Reads up to `size` bytes at `offset`: staged bytes if the file is being written, else
     /// verified committed chunks; zeros past the content (sparse tail); short at end of file.
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        // From before the content map is taken until its bytes are read: gc then neither
+        // forgets the chunks nor deletes their packs under this read (store/src/gc.rs).
+        let reading = self.store.read_guard();
         let data = self.read_inner(ino, fh, offset, size)?;
+        drop(reading);
         let counters = self.handles.lock().get(&fh).map(|h| h.1.clone());
         self.metrics
             .add_read(counters.as_deref(), data.len() as u64);
