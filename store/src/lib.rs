@@ -30,4 +30,4 @@ pub use config::ChunkerConfig;
 pub use content::{ContentMap, PreparedContent};
 pub use error::{Result, StoreError};
 pub use namespace::{DirEntry, Inode, NewInode, NodeKind, ROOT_INO};
-pub use store::{lock_holder, IngestGuard, Store, StoreOptions};
+pub use store::{lock_holder, IngestGuard, ReadGuard, Store, StoreOptions};

@@ -122,7 +122,7 @@ impl Tx<'_> {
         let mut buf = vec![0u8; inode.size as usize];
         if let Some(content) = inode.content {
             let map = self.content_map(content)?;
-            let n = store.read(&map, 0, &mut buf)?;
+            let n = store.read_in_tx(self, &map, 0, &mut buf)?;
             buf.truncate(n.max(inode.size as usize).min(buf.len()));
         }
         Ok(Some(buf))

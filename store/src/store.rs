@@ -65,7 +65,13 @@ pub struct Store {
     /// Verified chunk bytes being read through the mount.
     cache: ChunkCache,
     /// Held (shared) from prepare to commit; held exclusively to drop what no commit will claim.
-    ingest_gate: RwLock<()>,
+    pub(crate) ingest_gate: RwLock<()>,
+    /// Held (shared) by a read of committed content from the moment it takes a content map
+    /// until it is done; held exclusively by gc while it forgets chunks and deletes packs
+    /// (see [`Store::read_guard`] and gc.rs).
+    pub(crate) read_gate: RwLock<()>,
+    /// One gc at a time.
+    pub(crate) gc_lock: Mutex<()>,
     _lock: File,
 }
 
@@ -75,6 +81,9 @@ const RESERVE_BYTES: u64 = 16 << 20;
 
 /// Proof that a writer is between prepare and commit (see [`Store::ingest_guard`]).
 pub struct IngestGuard<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
+
+/// Proof that a read may be using chunk locations of a content map (see [`Store::read_guard`]).
+pub struct ReadGuard<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
 
 impl Store {
     /// Opens (creating if needed) the store at `root` for writing, taking its exclusive lock.
@@ -94,6 +103,8 @@ impl Store {
             pending: Mutex::new(HashMap::new()),
             cache: ChunkCache::new(CHUNK_CACHE_BYTES),
             ingest_gate: RwLock::new(()),
+            read_gate: RwLock::new(()),
+            gc_lock: Mutex::new(()),
             _lock: lock,
         };
         store.recover()?;
@@ -174,6 +185,14 @@ impl Store {
     /// [`Store::reclaim_uncommitted`] never drops bytes a commit is about to claim.
     pub fn ingest_guard(&self) -> IngestGuard<'_> {
         IngestGuard(self.ingest_gate.read())
+    }
+
+    /// Taken by a reader before it takes a content map and held until it has read the bytes:
+    /// while any is held, gc neither forgets chunks nor deletes packs, so every location of a
+    /// map taken under the guard (or found again in the catalog, see [`Store::read`]) stays
+    /// readable. Cheap; hold it for one read, not for the life of an open file.
+    pub fn read_guard(&self) -> ReadGuard<'_> {
+        ReadGuard(self.read_gate.read())
     }
 
     /// After a failed write (a full disk): drops pack bytes no commit claimed and frees the
@@ -276,6 +295,18 @@ impl Store {
 
     /// Verified bytes of chunk `index` of a content.
     pub fn chunk(&self, map: &ContentMap, index: usize) -> Result<Arc<Vec<u8>>> {
+        self.chunk_in(None, map, index)
+    }
+
+    /// [`Store::chunk`] from inside a catalog transaction (`tx`), or outside one (`None`).
+    ///
+    /// A map may be older than the chunks' locations: gc moves live chunks out of mostly-dead
+    /// packs and deletes those packs (gc.rs). A chunk that cannot be read where the map says is
+    /// looked up again by its hash and read from where the catalog has it now. Inside a
+    /// transaction the map cannot be stale (gc commits before it deletes, and its commit waits
+    /// for ours), so no gate is taken there — taking it could deadlock with gc, which holds the
+    /// gate while it writes the catalog.
+    fn chunk_in(&self, tx: Option<&Tx>, map: &ContentMap, index: usize) -> Result<Arc<Vec<u8>>> {
         let chunk = map
             .chunks
             .get(index)
@@ -283,16 +314,60 @@ impl Store {
         if let Some(bytes) = self.cache.get(&chunk.hash) {
             return Ok(bytes);
         }
-        let bytes = Arc::new(
-            self.packs
-                .read_verified_owned(chunk.location, &chunk.hash)?,
-        );
+        // Recursive: the caller may already hold it (see `read_guard`).
+        let _reading = tx.is_none().then(|| self.read_gate.read_recursive());
+        let bytes = match self.packs.read_verified_owned(chunk.location, &chunk.hash) {
+            Ok(bytes) => bytes,
+            Err(first) => {
+                let now = match tx {
+                    Some(tx) => tx.chunk_location(&chunk.hash)?,
+                    None => self.catalog.read(|tx| tx.chunk_location(&chunk.hash))?,
+                };
+                match now {
+                    Some(loc) if loc != chunk.location => {
+                        tracing::debug!(
+                            chunk = %hex::encode(chunk.hash),
+                            from = ?chunk.location,
+                            to = ?loc,
+                            "chunk moved by gc since its map was loaded"
+                        );
+                        self.packs.read_verified_owned(loc, &chunk.hash)?
+                    }
+                    // Not moved: the failure is real (bit rot, a missing pack).
+                    _ => return Err(first),
+                }
+            }
+        };
+        let bytes = Arc::new(bytes);
         self.cache.insert(chunk.hash, bytes.clone());
         Ok(bytes)
     }
 
     /// Reads up to `buf.len()` bytes at `offset` of a content (verified); returns the count.
+    /// Callers outside a catalog transaction should hold [`Store::read_guard`] from before
+    /// they took `map` (see there); chunks gc moved since are found again.
     pub fn read(&self, map: &ContentMap, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_in(None, map, offset, buf)
+    }
+
+    /// [`Store::read`] from inside the catalog transaction `tx` that loaded `map`.
+    pub fn read_in_tx(
+        &self,
+        tx: &Tx,
+        map: &ContentMap,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        self.read_in(Some(tx), map, offset, buf)
+    }
+
+    fn read_in(
+        &self,
+        tx: Option<&Tx>,
+        map: &ContentMap,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
         let Some(mut index) = map.chunk_index(offset) else {
             return Ok(0);
         };
@@ -300,7 +375,7 @@ impl Store {
         let mut done = 0;
         while done < want {
             let chunk = &map.chunks[index];
-            let bytes = self.chunk(map, index)?;
+            let bytes = self.chunk_in(tx, map, index)?;
             let in_chunk = (offset + done as u64 - chunk.file_offset) as usize;
             let n = (bytes.len() - in_chunk).min(want - done);
             buf[done..done + n].copy_from_slice(&bytes[in_chunk..in_chunk + n]);
