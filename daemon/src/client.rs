@@ -110,6 +110,22 @@ impl Client {
         }
     }
 
+    /// Asks the daemon to collect garbage; `progress` gets the bytes copied so far.
+    pub fn gc(&mut self, progress: &dyn Fn(u64)) -> Result<store::gc::GcReport, ClientError> {
+        self.send("gc", None)?;
+        // Compacting big packs takes long: wait without a read timeout.
+        self.reader.get_ref().set_read_timeout(None)?;
+        loop {
+            let mut answer = self.receive()?;
+            if let Some(bytes) = answer.get("progress").and_then(Value::as_u64) {
+                progress(bytes);
+                continue;
+            }
+            return serde_json::from_value(answer["report"].take())
+                .map_err(|e| ClientError::BadAnswer(e.to_string()));
+        }
+    }
+
     pub fn models(&mut self) -> Result<Vec<ModelEntry>, ClientError> {
         self.send("models", None)?;
         let mut answer = self.receive()?;

@@ -404,6 +404,20 @@ impl Reporter {
         serde_json::to_string(&report).map_err(|e| e.to_string())
     }
 
+    /// Collects garbage in the mounted store (the `gc` command): reads and writes through the
+    /// mount go on meanwhile (see store/src/gc.rs for how they stay correct).
+    pub fn gc(&self, progress: &std::sync::atomic::AtomicU64) -> Result<String, String> {
+        let report = self
+            .vfs
+            .store()
+            .gc(&|n| {
+                progress.fetch_add(n, Ordering::Relaxed);
+            })
+            .map_err(|e| e.to_string())?;
+        tracing::info!(?report, "gc through the status socket");
+        serde_json::to_string(&report).map_err(|e| e.to_string())
+    }
+
     /// Every model with its paths and usage (the `models` command).
     pub fn models(&self) -> Vec<ModelEntry> {
         // `ls` must see what was just written: list afresh when the namespace moved.

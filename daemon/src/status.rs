@@ -2,7 +2,8 @@
 //! `STORE/run/status.sock`) served by a tokio runtime on its own thread inside the daemon.
 //!
 //! Protocol (version 1): newline-delimited JSON. A request is one line
-//! `{"v":1,"cmd":"status"|"models"|"watch","interval_ms":N}`; every answer is one line with
+//! `{"v":1,"cmd":"status"|"models"|"watch"|"import"|"gc",…}` (see docs/STATUS.md for
+//! `interval_ms` and `paths`); every answer is one line with
 //! `"v":1` and `"ok"`: `{"v":1,"ok":true,"cmd":"status","status":{…}}`,
 //! `{"v":1,"ok":true,"cmd":"models","models":[…]}`, and for `watch` one such status line every
 //! `interval_ms` (default 1000, clamped to 50..=3600000) until the client closes. Errors:
@@ -56,6 +57,8 @@ pub enum Request {
         paths: Vec<PathBuf>,
         options: ImportOptions,
     },
+    /// Collect garbage in the mounted store (what `mlxfs gc` does offline).
+    Gc,
 }
 
 /// At most this many paths in one import request.
@@ -72,9 +75,9 @@ pub enum RequestError {
     NoVersion,
     #[error("unsupported protocol version {0} (this daemon speaks {PROTOCOL_VERSION})")]
     BadVersion(String),
-    #[error("request has no \"cmd\" (status, models or watch)")]
+    #[error("request has no \"cmd\" (status, models, watch, import or gc)")]
     NoCommand,
-    #[error("unknown command {0:?} (status, models or watch)")]
+    #[error("unknown command {0:?} (status, models, watch, import or gc)")]
     UnknownCommand(String),
     #[error("interval_ms must be a positive integer of milliseconds")]
     BadInterval,
@@ -131,6 +134,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     match cmd {
         "status" => Ok(Request::Status),
         "models" => Ok(Request::Models),
+        "gc" => Ok(Request::Gc),
         "import" => {
             let paths = obj
                 .get("paths")
@@ -266,6 +270,11 @@ pub trait Source: Send + Sync + 'static {
         let _ = (paths, options, progress);
         Err("this daemon cannot import".into())
     }
+    /// Runs gc in the daemon, counting bytes copied into `progress`; the report as JSON.
+    fn gc(&self, progress: Arc<AtomicU64>) -> Result<String, String> {
+        let _ = progress;
+        Err("this daemon cannot collect garbage".into())
+    }
 }
 
 impl Source for Reporter {
@@ -282,6 +291,9 @@ impl Source for Reporter {
         progress: Arc<AtomicU64>,
     ) -> Result<String, String> {
         Reporter::import(self, &paths, options, &progress)
+    }
+    fn gc(&self, progress: Arc<AtomicU64>) -> Result<String, String> {
+        Reporter::gc(self, &progress)
     }
 }
 
@@ -337,6 +349,7 @@ where
             Ok(Request::Import { paths, options }) => {
                 import(source.clone(), &mut writer, paths, options).await?
             }
+            Ok(Request::Gc) => gc(source.clone(), &mut writer).await?,
         }
     }
 }
@@ -355,22 +368,49 @@ where
 {
     let progress = Arc::new(AtomicU64::new(0));
     let counter = progress.clone();
-    let mut job = tokio::task::spawn_blocking(move || source.import(paths, options, counter));
+    let work = move || source.import(paths, options, counter);
+    run_job("import", writer, progress, work).await
+}
+
+/// Runs gc on a blocking thread, with progress lines (bytes copied) like [`import`].
+async fn gc<S, W>(source: Arc<S>, writer: &mut W) -> io::Result<()>
+where
+    S: Source + ?Sized,
+    W: AsyncWrite + Unpin,
+{
+    let progress = Arc::new(AtomicU64::new(0));
+    let counter = progress.clone();
+    run_job("gc", writer, progress, move || source.gc(counter)).await
+}
+
+/// Runs `work` on a blocking thread, sending `{"cmd":CMD,"progress":N}` every quarter second
+/// and then `{"cmd":CMD,"report":…}`, or the error `CMD_failed`.
+async fn run_job<W>(
+    cmd: &str,
+    writer: &mut W,
+    progress: Arc<AtomicU64>,
+    work: impl FnOnce() -> Result<String, String> + Send + 'static,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut job = tokio::task::spawn_blocking(work);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let outcome = loop {
         tokio::select! {
             done = &mut job => break done,
             _ = tick.tick() => {
                 let bytes = progress.load(Ordering::Relaxed);
-                // A client that went away does not stop the import; it only stops the lines.
-                let _ = send(writer, &ok_line("import", "progress", &bytes.to_string())).await;
+                // A client that went away does not stop the job; it only stops the lines.
+                let _ = send(writer, &ok_line(cmd, "progress", &bytes.to_string())).await;
             }
         }
     };
+    let failed = format!("{cmd}_failed");
     match outcome {
-        Ok(Ok(report)) => send(writer, &ok_line("import", "report", &report)).await,
-        Ok(Err(message)) => send(writer, &error_line("import_failed", &message)).await,
-        Err(e) => send(writer, &error_line("import_failed", &e.to_string())).await,
+        Ok(Ok(report)) => send(writer, &ok_line(cmd, "report", &report)).await,
+        Ok(Err(message)) => send(writer, &error_line(&failed, &message)).await,
+        Err(e) => send(writer, &error_line(&failed, &e.to_string())).await,
     }
 }
 
@@ -663,6 +703,7 @@ mod tests {
             parse_request(br#"{"cmd":"models","v":1,"extra":[1,2]}"#),
             Ok(Request::Models)
         );
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"gc"}"#), Ok(Request::Gc));
         assert_eq!(
             parse_request(br#"{"v":1,"cmd":"watch"}"#),
             Ok(Request::Watch {

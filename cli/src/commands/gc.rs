@@ -1,6 +1,7 @@
 //! `mlxfs gc [--json]`: drop chunks no file uses and compact mostly-dead packs.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -15,11 +16,25 @@ pub struct GcArgs {
 }
 
 pub fn run(store_dir: &Path, args: &GcArgs) -> Result<i32> {
-    let store = open_store(store_dir, false)?;
     let bar = progress_bar(0, "compacting");
-    let report = store.gc(&|n| bar.inc(n));
-    bar.finish_and_clear();
-    let report = report.context("collecting garbage")?;
+    let report = match open_store(store_dir, false) {
+        Ok(store) => {
+            let report = store.gc(&|n| bar.inc(n));
+            bar.finish_and_clear();
+            report.context("collecting garbage")?
+        }
+        Err(e) => match daemon::running_daemon(store_dir).and_then(|d| d.socket) {
+            // The store is mounted: the daemon collects, beside the mount's reads and writes.
+            Some(socket) => {
+                let mut client = daemon::client::Client::connect(&socket, Duration::from_secs(10))
+                    .context("connecting to the mount daemon")?;
+                let report = client.gc(&|done| bar.set_position(done));
+                bar.finish_and_clear();
+                report.context("collecting garbage through the mount daemon")?
+            }
+            None => return Err(e),
+        },
+    };
     if args.json {
         print_json(&report)?;
         return Ok(EXIT_OK);
