@@ -102,6 +102,18 @@ impl RequestError {
     }
 }
 
+/// Shortens `s` to at most `max` bytes, cutting at a char boundary: a request may quote any
+/// UTF-8 back at us, and `String::truncate` panics inside a multi-byte char.
+fn clip(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     if line.len() > MAX_LINE {
@@ -109,7 +121,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     }
     let value: Value = serde_json::from_slice(line).map_err(|e| {
         let mut msg = e.to_string();
-        msg.truncate(200);
+        clip(&mut msg, 200);
         RequestError::BadJson(msg)
     })?;
     let obj = value.as_object().ok_or(RequestError::NotObject)?;
@@ -118,7 +130,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         Some(v) if v.as_u64() == Some(PROTOCOL_VERSION) => {}
         Some(v) => {
             let mut shown = v.to_string();
-            shown.truncate(40);
+            clip(&mut shown, 40);
             return Err(RequestError::BadVersion(shown));
         }
     }
@@ -127,7 +139,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         Some(Value::String(s)) => s.as_str(),
         Some(other) => {
             let mut shown = other.to_string();
-            shown.truncate(40);
+            clip(&mut shown, 40);
             return Err(RequestError::UnknownCommand(shown));
         }
     };
@@ -169,7 +181,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         }
         other => {
             let mut shown = other.to_string();
-            shown.truncate(40);
+            clip(&mut shown, 40);
             Err(RequestError::UnknownCommand(shown))
         }
     }
@@ -785,6 +797,32 @@ mod tests {
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ok"], false);
         assert_eq!(v["v"], 1);
+    }
+
+    /// Caught by the status_request fuzz target: the shown value of a bad "v" or "cmd" was cut
+    /// at byte 40 even inside a multi-byte char, which panicked.
+    #[test]
+    fn quoted_values_are_clipped_at_char_boundaries() {
+        for pad in 0..4 {
+            let long = format!("{}{}", "a".repeat(pad), "é".repeat(40));
+            for line in [
+                format!(r#"{{"v":"{long}","cmd":"status"}}"#),
+                format!(r#"{{"v":1,"cmd":"{long}"}}"#),
+                format!(r#"{{"v":1,"cmd":["{long}"]}}"#),
+            ] {
+                let e = parse_request(line.as_bytes()).unwrap_err();
+                match &e {
+                    RequestError::BadVersion(s) | RequestError::UnknownCommand(s) => {
+                        assert!(s.len() <= 40 && s.len() >= 37, "{s:?}")
+                    }
+                    other => panic!("{line}: {other:?}"),
+                }
+                let _ = error_line(e.code(), &e.to_string());
+            }
+        }
+        let mut s = "ab".to_string();
+        clip(&mut s, 5);
+        assert_eq!(s, "ab");
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
