@@ -24,6 +24,9 @@ use crate::views::{is_virtual, Target, VNode};
 /// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
+/// A read starting this close to where the handle's last read ended counts as sequential.
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
+
 /// A file being written, or changed through the mount this recently, is read around the page
 /// cache. Without this a reader racing an `O_TRUNC` rewrite can copy out a page the kernel filled
 /// while the file was momentarily empty, under the length of the next write: zeros that were
@@ -316,13 +319,28 @@ impl Vfs {
         if let Some(map) = content {
             if offset < map.size {
                 let want = ((map.size - offset) as usize).min(buf.len());
-                let got = self.store.read(&map, offset, &mut buf[..want])?;
+                let got = if self.continues_reading(fh, offset, end) {
+                    self.store.read(&map, offset, &mut buf[..want])?
+                } else {
+                    self.store.read_random(&map, offset, &mut buf[..want])?
+                };
                 if got != want {
                     return Err(Errno::EIO);
                 }
             }
         }
         Ok(buf)
+    }
+
+    /// Whether a read at `offset` continues the handle's reading (near where its last read
+    /// ended, or the start of the file), remembering where this one ends. Readahead requests
+    /// may arrive a little out of order, hence "near".
+    fn continues_reading(&self, fh: u64, offset: u64, end: u64) -> bool {
+        let last_end = self.read_ends.lock().insert(fh, end);
+        match last_end {
+            None => offset == 0,
+            Some(last) => offset.abs_diff(last) <= SEQUENTIAL_SLACK,
+        }
     }
 
     /// Makes sure the file has a staging copy of its current bytes (copy-on-write).
@@ -558,6 +576,7 @@ impl Vfs {
         }
         let file = self.handle_file(fh)?;
         self.handles.lock().remove(&fh);
+        self.read_ends.lock().remove(&fh);
         let mut state = file.state.lock();
         let committed = self.commit_locked(&file, &mut state);
         if file.handles.load(Ordering::SeqCst) == 1 {

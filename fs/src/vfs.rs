@@ -71,6 +71,8 @@ pub struct Vfs {
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Open file handles: inode and that file's byte counters.
     pub(crate) handles: Mutex<HashMap<u64, (u64, Arc<FileBytes>)>>,
+    /// Where the last read of each file handle ended (tells sequential reads from random).
+    pub(crate) read_ends: Mutex<HashMap<u64, u64>>,
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
@@ -124,6 +126,7 @@ impl Vfs {
             store,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            read_ends: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             listener: Mutex::new(None),

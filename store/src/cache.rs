@@ -46,6 +46,10 @@ impl ChunkCache {
         Some(entry.bytes.clone())
     }
 
+    pub fn contains(&self, hash: &ChunkHash) -> bool {
+        self.inner.lock().entries.contains_key(hash)
+    }
+
     pub fn insert(&self, hash: ChunkHash, bytes: Arc<Vec<u8>>) {
         if bytes.len() > self.budget {
             return;

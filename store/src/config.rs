@@ -36,3 +36,7 @@ pub const DEFAULT_PACK_TARGET: u64 = 1 << 30;
 
 /// Verified chunk bytes kept in the daemon for reads in progress (bounds its memory).
 pub const CHUNK_CACHE_BYTES: usize = 64 << 20;
+
+/// Granularity of partial verification: a random read reads and checks whole blocks of this
+/// size (a power of two, at least BLAKE3's 1 KiB chunk) rather than whole chunks.
+pub const VERIFY_BLOCK: u64 = 128 << 10;

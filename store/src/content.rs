@@ -15,6 +15,8 @@ use crate::ChunkHash;
 pub struct PreparedChunk {
     pub hash: ChunkHash,
     pub len: u32,
+    /// Chaining values of the chunk's blocks (see blocks.rs); empty for a one-block chunk.
+    pub cvs: Vec<u8>,
     pub location: Option<ChunkLocation>,
 }
 
@@ -78,6 +80,16 @@ impl Tx<'_> {
                 })
             })
             .optional()?)
+    }
+
+    /// The stored block chaining values of a chunk (blocks.rs), if it has any.
+    pub fn chunk_cvs(&self, chunk_id: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT cvs FROM chunks WHERE id = ?1")?
+            .query_row([chunk_id], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten())
     }
 
     /// A committed content with this SHA-256 and size, if any (lets import skip re-chunking
@@ -147,13 +159,15 @@ impl Tx<'_> {
                 })?;
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO chunks (hash, pack, offset, len, refs) VALUES (?1, ?2, ?3, ?4, 0)",
+                        "INSERT INTO chunks (hash, pack, offset, len, refs, cvs)
+                         VALUES (?1, ?2, ?3, ?4, 0, ?5)",
                     )?
                     .execute(params![
                         &chunk.hash[..],
                         loc.pack as i64,
                         loc.offset as i64,
-                        loc.len as i64
+                        loc.len as i64,
+                        (!chunk.cvs.is_empty()).then_some(&chunk.cvs[..])
                     ])?;
                 // Read the id now: the packs upsert below changes last_insert_rowid whenever it
                 // inserts a new pack row.

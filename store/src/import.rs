@@ -2260,7 +2260,9 @@ mod tests {
         assert_eq!(ns_read(&store, &copy).unwrap(), w);
         // Asked to verify sources, the damaged copy is hashed and skipped.
         let store2 = open_store(&tmp.path().join("store2"));
-        store2.import(std::slice::from_ref(&hub_a), &|_| {}).unwrap();
+        store2
+            .import(std::slice::from_ref(&hub_a), &|_| {})
+            .unwrap();
         let verify = ImportOptions {
             verify_sources: true,
         };

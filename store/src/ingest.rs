@@ -8,6 +8,7 @@ use std::path::Path;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
+use crate::blocks::hash_chunk;
 use crate::chunker::chunk_spans;
 use crate::content::{PreparedChunk, PreparedContent};
 use crate::error::{IoContext, Result};
@@ -102,7 +103,7 @@ impl Store {
         for span in spans {
             let start = span.offset as usize;
             let bytes = &data[start..start + span.len as usize];
-            let hash = *blake3::hash(bytes).as_bytes();
+            let (hash, cvs) = hash_chunk(bytes);
             let location = match self.known_chunk(&hash)? {
                 Some(_) => None,
                 None => {
@@ -119,6 +120,7 @@ impl Store {
             chunks.push(PreparedChunk {
                 hash,
                 len: span.len,
+                cvs,
                 location,
             });
         }

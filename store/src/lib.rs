@@ -6,6 +6,7 @@
 //! Write path: `Store::prepare` (chunk, hash, append) → `Store::commit` (fsync packs, one
 //! catalog transaction).
 
+pub mod blocks;
 pub mod cache;
 pub mod catalog;
 pub mod chunker;

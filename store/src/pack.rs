@@ -60,6 +60,9 @@ pub struct Packs {
     active: Mutex<Option<ActivePack>>,
     maps: RwLock<HashMap<u64, Arc<Mmap>>>,
     files: RwLock<HashMap<u64, Arc<File>>>,
+    /// Second descriptors with readahead off, for random reads of a few blocks: readahead
+    /// state belongs to the open file, so sequential readers keep theirs.
+    random_files: RwLock<HashMap<u64, Arc<File>>>,
 }
 
 pub fn pack_file_name(id: u64) -> String {
@@ -75,6 +78,7 @@ impl Packs {
             active: Mutex::new(None),
             maps: RwLock::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
+            random_files: RwLock::new(HashMap::new()),
         })
     }
 
@@ -265,6 +269,58 @@ impl Packs {
         Ok(buf)
     }
 
+    /// `len` raw bytes at `offset` of a pack, unverified (the caller checks them block by block,
+    /// see blocks.rs), read without readahead; their pack pages are dropped from the page cache
+    /// afterwards, as on the whole-chunk path.
+    pub fn read_span(&self, pack: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let file = self.random_file(pack)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                StoreError::CorruptChunk {
+                    chunk: String::new(),
+                    pack,
+                    offset,
+                    reason: "pack is shorter than the catalog says".into(),
+                }
+            } else {
+                StoreError::io(format!("reading pack {pack}"), e)
+            }
+        })?;
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on a descriptor we own; failure only means the pages stay cached.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&*file),
+                offset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
+        Ok(buf)
+    }
+
+    fn random_file(&self, pack: u64) -> Result<Arc<File>> {
+        if let Some(file) = self.random_files.read().get(&pack) {
+            return Ok(file.clone());
+        }
+        let path = self.path(pack);
+        let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on a descriptor we own; failure only means readahead stays on.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::POSIX_FADV_RANDOM,
+            );
+        }
+        let file = Arc::new(file);
+        self.random_files.write().insert(pack, file.clone());
+        Ok(file)
+    }
+
     fn file(&self, pack: u64) -> Result<Arc<File>> {
         if let Some(file) = self.files.read().get(&pack) {
             return Ok(file.clone());
@@ -307,6 +363,7 @@ impl Packs {
     pub fn unmap(&self, pack: u64) {
         self.maps.write().remove(&pack);
         self.files.write().remove(&pack);
+        self.random_files.write().remove(&pack);
     }
 
     /// Truncates a pack to `len` bytes (startup recovery drops records no catalog row commits).

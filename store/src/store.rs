@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
+use crate::blocks;
 use crate::cache::ChunkCache;
 use crate::catalog::{Catalog, Tx};
-use crate::config::{ChunkerConfig, CHUNK_CACHE_BYTES, DEFAULT_PACK_TARGET};
-use crate::content::{ContentMap, PreparedContent};
+use crate::config::{ChunkerConfig, CHUNK_CACHE_BYTES, DEFAULT_PACK_TARGET, VERIFY_BLOCK};
+use crate::content::{ContentMap, MappedChunk, PreparedContent};
 use crate::error::{IoContext, Result, StoreError};
 use crate::pack::{ChunkLocation, Packs};
 use crate::ChunkHash;
@@ -64,6 +65,8 @@ pub struct Store {
     pub(crate) pending: Mutex<HashMap<ChunkHash, ChunkLocation>>,
     /// Verified chunk bytes being read through the mount.
     cache: ChunkCache,
+    /// Block chaining values of chunks read at random, proven against their chunk ids.
+    block_cvs: Mutex<HashMap<ChunkHash, Arc<Vec<u8>>>>,
     /// Held (shared) from prepare to commit; held exclusively to drop what no commit will claim.
     pub(crate) ingest_gate: RwLock<()>,
     /// Held (shared) by a read of committed content from the moment it takes a content map
@@ -102,6 +105,7 @@ impl Store {
             packs,
             pending: Mutex::new(HashMap::new()),
             cache: ChunkCache::new(CHUNK_CACHE_BYTES),
+            block_cvs: Mutex::new(HashMap::new()),
             ingest_gate: RwLock::new(()),
             read_gate: RwLock::new(()),
             gc_lock: Mutex::new(()),
@@ -347,7 +351,14 @@ impl Store {
     /// Callers outside a catalog transaction should hold [`Store::read_guard`] from before
     /// they took `map` (see there); chunks gc moved since are found again.
     pub fn read(&self, map: &ContentMap, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.read_in(None, map, offset, buf)
+        self.read_in(None, map, offset, buf, Access::Sequential)
+    }
+
+    /// [`Store::read`] for a read that does not continue the previous one (mmap faults, pread
+    /// at scattered offsets): a small part of a big chunk is read and checked block by block
+    /// (blocks.rs) instead of reading and checking the whole chunk.
+    pub fn read_random(&self, map: &ContentMap, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_in(None, map, offset, buf, Access::Random)
     }
 
     /// [`Store::read`] from inside the catalog transaction `tx` that loaded `map`.
@@ -358,7 +369,7 @@ impl Store {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
-        self.read_in(Some(tx), map, offset, buf)
+        self.read_in(Some(tx), map, offset, buf, Access::Sequential)
     }
 
     fn read_in(
@@ -367,6 +378,7 @@ impl Store {
         map: &ContentMap,
         offset: u64,
         buf: &mut [u8],
+        access: Access,
     ) -> Result<usize> {
         let Some(mut index) = map.chunk_index(offset) else {
             return Ok(0);
@@ -375,17 +387,99 @@ impl Store {
         let mut done = 0;
         while done < want {
             let chunk = &map.chunks[index];
-            let bytes = self.chunk_in(tx, map, index)?;
             let in_chunk = (offset + done as u64 - chunk.file_offset) as usize;
-            let n = (bytes.len() - in_chunk).min(want - done);
-            buf[done..done + n].copy_from_slice(&bytes[in_chunk..in_chunk + n]);
-            done += n;
+            let n = (chunk.location.len as usize)
+                .saturating_sub(in_chunk)
+                .min(want - done);
+            let out = &mut buf[done..done + n];
+            let partial = access == Access::Random
+                && tx.is_none()
+                && n > 0
+                && self.read_blocks(chunk, in_chunk, out);
+            if !partial {
+                let bytes = self.chunk_in(tx, map, index)?;
+                let n = (bytes.len() - in_chunk).min(want - done);
+                buf[done..done + n].copy_from_slice(&bytes[in_chunk..in_chunk + n]);
+                done += n;
+            } else {
+                done += n;
+            }
             index += 1;
             if index >= map.chunks.len() {
                 break;
             }
         }
         Ok(done)
+    }
+}
+
+/// Whether a read continues the one before it (see [`Store::read_random`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Sequential,
+    Random,
+}
+
+/// Block CV lists kept in memory (256 bytes each for a 1 MiB chunk).
+const BLOCK_CVS_CACHED: usize = 8192;
+
+impl Store {
+    /// Fills `out` from byte `start` of `chunk` by reading and checking only the blocks it
+    /// touches. `false` when that is not worth it (a small chunk, most of a chunk wanted, the
+    /// chunk already cached) or not possible (no CVs stored, a read or check failed): the
+    /// caller then reads the whole chunk, which also reports any damage properly.
+    fn read_blocks(&self, chunk: &MappedChunk, start: usize, out: &mut [u8]) -> bool {
+        let len = chunk.location.len as u64;
+        if len <= VERIFY_BLOCK || out.len() as u64 * 2 > len || self.cache.contains(&chunk.hash) {
+            return false;
+        }
+        let Some(cvs) = self.block_cvs(chunk) else {
+            return false;
+        };
+        let block = VERIFY_BLOCK as usize;
+        let first = start / block;
+        let last = (start + out.len() - 1) / block;
+        let span_start = first * block;
+        let span_end = ((last + 1) * block).min(len as usize);
+        let _reading = self.read_gate.read_recursive();
+        let Ok(span) = self.packs.read_span(
+            chunk.location.pack,
+            chunk.location.offset + span_start as u64,
+            span_end - span_start,
+        ) else {
+            return false;
+        };
+        for (i, bytes) in span.chunks(block).enumerate() {
+            if !blocks::block_matches(&cvs, first + i, bytes) {
+                return false;
+            }
+        }
+        let from = start - span_start;
+        out.copy_from_slice(&span[from..from + out.len()]);
+        true
+    }
+
+    /// The proven CV list of a chunk, if the catalog has one.
+    fn block_cvs(&self, chunk: &MappedChunk) -> Option<Arc<Vec<u8>>> {
+        if let Some(cvs) = self.block_cvs.lock().get(&chunk.hash) {
+            return Some(cvs.clone());
+        }
+        let cvs = self
+            .catalog
+            .read(|tx| tx.chunk_cvs(chunk.chunk_id))
+            .ok()
+            .flatten()?;
+        if !blocks::cvs_match(&cvs, chunk.location.len as u64, &chunk.hash) {
+            tracing::warn!(chunk = %hex::encode(chunk.hash), "stored block CVs do not match the chunk");
+            return None;
+        }
+        let cvs = Arc::new(cvs);
+        let mut cached = self.block_cvs.lock();
+        if cached.len() >= BLOCK_CVS_CACHED {
+            cached.clear();
+        }
+        cached.insert(chunk.hash, cvs.clone());
+        Some(cvs)
     }
 }
 
@@ -439,4 +533,83 @@ pub fn lock_holder(root: &Path) -> Option<String> {
     std::fs::read_to_string(&path)
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::ChunkerConfig;
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_reads_check_only_their_blocks_and_never_return_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            chunker: ChunkerConfig::with_avg(512 << 10),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(tmp.path(), options).unwrap();
+        let data = random(6 << 20, 7);
+        let prepared = store.prepare(&data).unwrap();
+        let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
+        let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
+        assert!(map
+            .chunks
+            .iter()
+            .all(|c| c.location.len as u64 > VERIFY_BLOCK));
+
+        let mut x = 12345u64;
+        for _ in 0..300 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let offset = (x >> 16) % data.len() as u64;
+            let len = 1 + ((x >> 40) % (96 << 10)) as usize;
+            let mut got = vec![0u8; len];
+            let n = store.read_random(&map, offset, &mut got).unwrap();
+            let end = (offset as usize + len).min(data.len());
+            assert_eq!(n, end - offset as usize);
+            assert_eq!(&got[..n], &data[offset as usize..end], "at {offset}+{len}");
+        }
+        // The partial path really ran: CV lists were loaded and no chunk was cached whole.
+        assert!(!store.block_cvs.lock().is_empty());
+
+        // Damage one byte in the middle of the second chunk's third block.
+        let chunk = map.chunks[1];
+        let damaged_at = chunk.location.offset + 2 * VERIFY_BLOCK + 100;
+        let pack = store
+            .root()
+            .join("packs")
+            .join(crate::pack::pack_file_name(chunk.location.pack));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pack)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, damaged_at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x20], damaged_at).unwrap();
+        drop(file);
+        let in_file = chunk.file_offset + 2 * VERIFY_BLOCK;
+        let mut buf = vec![0u8; 4096];
+        assert!(store.read_random(&map, in_file + 64, &mut buf).is_err());
+        assert!(store.read(&map, in_file + 64, &mut buf).is_err());
+        // Another block of the same chunk still reads, and is right.
+        let other = chunk.file_offset + 100;
+        let n = store.read_random(&map, other, &mut buf).unwrap();
+        assert_eq!(&buf[..n], &data[other as usize..other as usize + n]);
+    }
 }
