@@ -191,6 +191,10 @@ fn serve(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    match fs::platform::match_disk_readahead(&mountpoint, &request.store) {
+        Ok(kb) => tracing::info!(kb, "mount readahead set"),
+        Err(why) => tracing::info!(%why, "mount readahead left at the kernel's default"),
+    }
     let mut record = DaemonRecord {
         pid: std::process::id(),
         mountpoint: mountpoint.clone(),
