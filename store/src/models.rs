@@ -58,8 +58,15 @@ pub struct OllamaManifest {
 }
 
 /// Parses an Ollama manifest, rejecting digests that are not `sha256:<64 hex>` (so no digest
-/// can smuggle a path).
+/// can smuggle a path) and manifests over [`SMALL_FILE_MAX`] (real ones are a few hundred
+/// bytes; the registry and the views never read more).
 pub fn parse_ollama_manifest(bytes: &[u8]) -> std::result::Result<OllamaManifest, String> {
+    if bytes.len() as u64 > SMALL_FILE_MAX {
+        return Err(format!(
+            "manifest is {} bytes, more than the {SMALL_FILE_MAX} a manifest may have",
+            bytes.len()
+        ));
+    }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
     let digest_of = |v: &serde_json::Value| -> std::result::Result<String, String> {
@@ -379,4 +386,38 @@ fn collect_names(tx: &Tx, dir: u64, names: &mut BTreeSet<String>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_that_smuggle_paths_or_sizes_are_refused() {
+        let hex = "ab".repeat(32);
+        let ok = format!(r#"{{"layers":[{{"digest":"sha256:{hex}","mediaType":"m","size":1}}]}}"#);
+        assert_eq!(
+            parse_ollama_manifest(ok.as_bytes()).unwrap().layers[0].0,
+            hex
+        );
+        for digest in [
+            "sha256:../../etc/passwd".to_string(),
+            "/etc/passwd".to_string(),
+            format!("sha256:{}", hex.to_uppercase()),
+            format!("sha256:{}\\u0000", &hex[..63]),
+            format!("sha256:{hex}/.."),
+            format!("sha512:{hex}{hex}"),
+        ] {
+            let m = format!(r#"{{"layers":[{{"digest":"{digest}"}}]}}"#);
+            assert!(parse_ollama_manifest(m.as_bytes()).is_err(), "{digest}");
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_ollama_manifest(deep.as_bytes()).is_err());
+        let huge = format!(
+            r#"{{"layers":[{}]}}"#,
+            vec![format!(r#"{{"digest":"sha256:{hex}"}}"#); 20_000].join(",")
+        );
+        let err = parse_ollama_manifest(huge.as_bytes()).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+    }
 }
