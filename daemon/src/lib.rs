@@ -152,6 +152,7 @@ fn serve(
     report: &mut dyn FnMut(Result<(), String>),
 ) -> Result<(), DaemonError> {
     preflight(&request.mountpoint)?;
+    fs::platform::tune_allocator();
     let metrics_listener = match request.metrics_addr {
         Some(addr) => {
             prometheus::check_addr(addr, request.metrics_allow_remote)
