@@ -44,3 +44,36 @@ def test_import_into_a_mounted_store(mount_env, corpus):
     assert sum(1 for x in listing if x["name"] == repo) == 1
     m.stop()
     assert m.verify().returncode == 0
+
+
+def test_a_file_held_open_across_an_import_reads_the_new_bytes(mount_env, tmp_path):
+    """An import that replaces the content of a file someone holds open: reads through the
+    open descriptor give the new bytes (as after any in-place rewrite), never the old content
+    cut to the new length, and a gc through the daemon right after changes nothing."""
+    import hashlib
+    m = mount_env.mount
+    hub = tmp_path / "hub"
+    repo = hub / "models--org--held"
+    commit = "c" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    old = os.urandom(3 << 20)
+    (snap / "weights.bin").write_bytes(old)
+    m.cli("import", hub)
+    path = m.path / "huggingface/hub/models--org--held/snapshots" / commit / "weights.bin"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 1 << 20, 0) == old[:1 << 20]
+        new = os.urandom(5 << 20)
+        (snap / "weights.bin").write_bytes(new)
+        m.cli("import", hub)
+        m.cli("gc")
+        got = b"".join(os.pread(fd, 1 << 20, off) for off in range(0, 6 << 20, 1 << 20))
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(new).hexdigest(), \
+            f"{len(got)} bytes, old content? {got[:len(old)] == old}"
+    finally:
+        os.close(fd)
+    m.stop()
+    assert m.verify().returncode == 0

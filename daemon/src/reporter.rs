@@ -67,6 +67,9 @@ pub struct Reporter {
     throughput: Arc<Throughput>,
     cache: Mutex<Arc<StoreCache>>,
     last_json: Mutex<Option<(Instant, Arc<String>)>>,
+    /// Import and gc one at a time: a gc must not run between an import's commit and the
+    /// moment open files forget the content it replaced (`Vfs::changed_outside`).
+    jobs: Mutex<()>,
 }
 
 /// Bytes of the store's pack files (dead bytes included until `gc`).
@@ -143,6 +146,7 @@ impl Reporter {
             throughput,
             cache: Mutex::new(Arc::new(StoreCache::default())),
             last_json: Mutex::new(None),
+            jobs: Mutex::new(()),
         }
     }
 
@@ -386,6 +390,7 @@ impl Reporter {
         options: store::import::ImportOptions,
         progress: &std::sync::atomic::AtomicU64,
     ) -> Result<String, String> {
+        let _one_job = self.jobs.lock();
         let store = self.vfs.store();
         let report = store
             .import_with(paths, options, &|n| {
@@ -407,6 +412,7 @@ impl Reporter {
     /// Collects garbage in the mounted store (the `gc` command): reads and writes through the
     /// mount go on meanwhile (see store/src/gc.rs for how they stay correct).
     pub fn gc(&self, progress: &std::sync::atomic::AtomicU64) -> Result<String, String> {
+        let _one_job = self.jobs.lock();
         let report = self
             .vfs
             .store()

@@ -83,6 +83,17 @@ impl OpenFile {
         }
     }
 
+    /// Drops the loaded content map, so the next read loads the inode's content afresh: its
+    /// content was changed behind the mount (an import while mounted). A file being written
+    /// keeps its staged bytes: its close commits them over whatever the import put there.
+    pub(crate) fn forget_content(&self) {
+        let mut state = self.state.lock();
+        if state.staged.is_none() {
+            state.content = None;
+            state.content_loaded = false;
+        }
+    }
+
     pub(crate) fn overlay_attr(&self, attr: &mut Attr) {
         let state = self.state.lock();
         if let Some(staged) = &state.staged {
@@ -308,8 +319,27 @@ impl Vfs {
                 return Ok(buf);
             }
             self.load_content(&file, &mut state)?;
-            let inode_size = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?.size;
-            (state.content.clone(), inode_size)
+            // The inode's content may have changed behind the mount (an import while mounted)
+            // since the map was loaded: the old map under the new length would read old bytes,
+            // or zeros, as the new file. Inode and map are read together.
+            let loaded = state.content.as_ref().map(|m| m.id);
+            let (inode, fresh) = self.read_tx(|tx| {
+                let Some(inode) = tx.inode(ino)? else {
+                    return Ok((None, None));
+                };
+                let fresh = match inode.content {
+                    Some(id) if Some(id) != loaded => Some(tx.content_map(id)?),
+                    _ => None,
+                };
+                Ok((Some(inode), fresh))
+            })?;
+            let inode = inode.ok_or(Errno::ENOENT)?;
+            if let Some(map) = fresh {
+                state.content = Some(Arc::new(map));
+            } else if inode.content.is_none() {
+                state.content = None;
+            }
+            (state.content.clone(), inode.size)
         };
         let end = file_size.min(offset.saturating_add(size as u64));
         if offset >= end {

@@ -171,6 +171,18 @@ impl Vfs {
             }
             Ok(())
         })?;
+        // Open files read their content map from before: the old content, which the import
+        // released (and a gc may since have dropped). Forget it so reads see the new bytes.
+        let open: Vec<_> = {
+            let held = self.files.lock();
+            files
+                .iter()
+                .filter_map(|(_, ino)| held.get(ino).cloned())
+                .collect()
+        };
+        for file in open {
+            file.forget_content();
+        }
         let listener = self.listener.lock().clone();
         if let Some(l) = listener {
             for (_, ino) in files {
