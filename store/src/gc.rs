@@ -310,6 +310,23 @@ mod tests {
         assert_eq!(read_all(&store, &old_map).unwrap(), keep);
     }
 
+    /// A pack that vanished from under the catalog (not moved by gc) reads as damage: EIO to
+    /// the reader, not ENOENT.
+    #[test]
+    fn a_missing_pack_is_damage_not_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (_, content) = put(&store, &random(1 << 20, 4));
+        let map = map(&store, content);
+        std::fs::remove_file(store.packs().path(map.chunks[0].location.pack)).unwrap();
+        let err = read_all(&store, &map).unwrap_err();
+        assert!(
+            matches!(err, crate::StoreError::CorruptChunk { .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.errno(), libc::EIO);
+    }
+
     /// A read in flight (holding [`Store::read_guard`]) with the map of a content that an
     /// overwrite released meanwhile: gc waits for the read before it forgets those chunks and
     /// deletes their pack, so the read returns the old bytes, never EIO.

@@ -338,7 +338,7 @@ impl Store {
                         self.packs.read_verified_owned(loc, &chunk.hash)?
                     }
                     // Not moved: the failure is real (bit rot, a missing pack).
-                    _ => return Err(first),
+                    _ => return Err(missing_pack_is_damage(first, chunk)),
                 }
             }
         };
@@ -480,6 +480,23 @@ impl Store {
         }
         cached.insert(chunk.hash, cvs.clone());
         Some(cvs)
+    }
+}
+
+/// A pack the catalog names but the disk lacks is damage like a flipped byte: the reader gets
+/// EIO, not the ENOENT of opening the file (which read(2) would pass on as if the file it
+/// reads were gone).
+fn missing_pack_is_damage(e: StoreError, chunk: &MappedChunk) -> StoreError {
+    match e {
+        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            StoreError::CorruptChunk {
+                chunk: hex::encode(chunk.hash),
+                pack: chunk.location.pack,
+                offset: chunk.location.offset,
+                reason: "pack file is missing".into(),
+            }
+        }
+        other => other,
     }
 }
 
