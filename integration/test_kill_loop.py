@@ -1,7 +1,8 @@
 """SIGKILL of the daemon at random points of a mixed write workload, 20 times in a row
 (DESIGN.md §6, issue 7).
 
-Each round three threads write through the mount until the daemon is killed at a random moment:
+Each round three threads write through the mount, and `mlxfs gc` runs through the daemon in a
+loop, until the daemon is killed at a random moment:
 - plain files: create, overwrite (O_TRUNC), write + fsync + write more, rename (over an
   existing file or not), delete;
 - the Ollama pull pattern: `blobs/sha256-<hex>-partial` created and pre-sized, four threads
@@ -380,6 +381,26 @@ class HubDownload(Worker):
         self.n += 1
 
 
+class GcLoop(threading.Thread):
+    """`mlxfs gc` through the daemon, again and again: some kills land in the middle of one."""
+
+    def __init__(self, world: World, mount):
+        super().__init__(daemon=True, name="gc")
+        self.world, self.mount = world, mount
+        self.ops = 0
+
+    def run(self):
+        while not self.world.killed.is_set():
+            p = self.mount.cli("gc", expect=None, timeout=120)
+            if p.returncode != 0:
+                if not self.world.killed.is_set():
+                    self.world.errors.append(f"gc exited {p.returncode} before the kill: "
+                                             f"{p.stderr.decode(errors='replace')}")
+                return
+            self.ops += 1
+            time.sleep(0.05)
+
+
 @pytest.mark.timeout(600)
 def test_kill9_at_random_points_twenty_times(mounted):
     seed = int(os.environ.get("MLXFS_KILL_SEED", str(random.randrange(1 << 30))))
@@ -388,13 +409,14 @@ def test_kill9_at_random_points_twenty_times(mounted):
     world = World()
     mnt = str(mounted.path)
     started = time.monotonic()
-    ops = 0
+    ops = gcs = 0
     for round_ in range(ROUNDS):
         world.killed.clear()
         workers = [
             PlainFiles(world, random.Random(rng.random()), f"{mnt}/huggingface/hub/plain"),
             OllamaPull(world, random.Random(rng.random()), f"{mnt}/ollama/models"),
             HubDownload(world, random.Random(rng.random()), f"{mnt}/huggingface/hub"),
+            GcLoop(world, mounted),
         ]
         for t in workers:
             t.start()
@@ -405,7 +427,8 @@ def test_kill9_at_random_points_twenty_times(mounted):
         for t in workers:
             t.join(60)
             assert not t.is_alive(), f"{t.name} hangs on the dead mount"
-        ops += sum(t.ops for t in workers)
+        ops += sum(t.ops for t in workers[:-1])
+        gcs += workers[-1].ops
         assert not world.errors, "\n".join(world.errors)
         mounted.start()
         problems = world.check()
@@ -413,7 +436,7 @@ def test_kill9_at_random_points_twenty_times(mounted):
                               "\n".join(problems[:20]) + f"\n--- daemon.log:\n{mounted.log_tail()}")
     elapsed = time.monotonic() - started
     print(f"{ROUNDS} kills in {elapsed:.0f} s, {ops} operations completed, "
-          f"{world.cut_short} cut short by a kill, {len(world.state)} paths tracked")
+          f"{world.cut_short} cut short by a kill, {gcs} gc runs, {len(world.state)} paths tracked")
     assert world.cut_short >= ROUNDS, "the kills did not land in the middle of operations"
     mounted.stop()
     v = mounted.verify()
