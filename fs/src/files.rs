@@ -25,7 +25,7 @@ use crate::views::{is_virtual, Target, VNode};
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
 /// A read starting this close to where the handle's last read ended counts as sequential.
-const SEQUENTIAL_SLACK: u64 = 2 << 20;
+const SEQUENTIAL_SLACK: u64 = 16 << 20;
 
 /// A file being written, or changed through the mount this recently, is read around the page
 /// cache. Without this a reader racing an `O_TRUNC` rewrite can copy out a page the kernel filled

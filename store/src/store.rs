@@ -65,6 +65,8 @@ pub struct Store {
     pub(crate) pending: Mutex<HashMap<ChunkHash, ChunkLocation>>,
     /// Verified chunk bytes being read through the mount.
     cache: ChunkCache,
+    /// One chunk load at a time per stripe of chunk hashes (see `chunk_in`).
+    loading: [Mutex<()>; LOADING_STRIPES],
     /// Block chaining values of chunks read at random, proven against their chunk ids.
     block_cvs: Mutex<HashMap<ChunkHash, Arc<Vec<u8>>>>,
     /// Held (shared) from prepare to commit; held exclusively to drop what no commit will claim.
@@ -105,6 +107,7 @@ impl Store {
             packs,
             pending: Mutex::new(HashMap::new()),
             cache: ChunkCache::new(CHUNK_CACHE_BYTES),
+            loading: std::array::from_fn(|_| Mutex::new(())),
             block_cvs: Mutex::new(HashMap::new()),
             ingest_gate: RwLock::new(()),
             read_gate: RwLock::new(()),
@@ -318,6 +321,13 @@ impl Store {
         if let Some(bytes) = self.cache.get(&chunk.hash) {
             return Ok(bytes);
         }
+        // Readahead sends neighbouring requests in parallel, and a request often ends inside
+        // the chunk the next one starts in: one thread loads a chunk while the others wait for
+        // it, instead of each reading and hashing it again.
+        let _loading = self.loading[chunk.hash[0] as usize % LOADING_STRIPES].lock();
+        if let Some(bytes) = self.cache.get(&chunk.hash) {
+            return Ok(bytes);
+        }
         // Recursive: the caller may already hold it (see `read_guard`).
         let _reading = tx.is_none().then(|| self.read_gate.read_recursive());
         let bytes = match self.packs.read_verified_owned(chunk.location, &chunk.hash) {
@@ -419,6 +429,9 @@ enum Access {
     Sequential,
     Random,
 }
+
+/// Stripes of the chunk-load locks: loads of different chunks rarely share one.
+const LOADING_STRIPES: usize = 64;
 
 /// Block CV lists kept in memory (256 bytes each for a 1 MiB chunk).
 const BLOCK_CVS_CACHED: usize = 8192;
