@@ -79,4 +79,9 @@ cargo test --release --workspace
 section "integration tests (pytest)"
 MLXFS_BIN=target/release/mlxfs "$VENV/bin/python" -m pytest -q integration "$@"
 
+# The benchmark's quick mode: prints the ratios against the native disk; fails only on a gross
+# regression (see bench/run and bench/baseline.json).
+section "benchmark (bench/run --quick)"
+bench/run --quick --no-build
+
 section "all tests passed"
