@@ -904,6 +904,58 @@ mod tests {
         })
     }
 
+    /// A source whose gc takes a while and counts progress.
+    struct Collecting;
+    impl Source for Collecting {
+        fn status_json(&self) -> Arc<String> {
+            Arc::new("{}".to_string())
+        }
+        fn models_json(&self) -> String {
+            "[]".into()
+        }
+        fn gc(&self, progress: Arc<AtomicU64>) -> Result<String, String> {
+            for _ in 0..6 {
+                progress.fetch_add(100, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(r#"{"chunks_removed":3}"#.into())
+        }
+    }
+
+    #[test]
+    fn gc_streams_progress_then_the_report_or_fails_with_a_code() {
+        let answers = block_on(async {
+            let mut out = Vec::new();
+            let input = b"{\"v\":1,\"cmd\":\"gc\"}\n{\"v\":1,\"cmd\":\"status\"}\n";
+            serve_connection(Arc::new(Collecting), &input[..], &mut out)
+                .await
+                .unwrap();
+            String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        });
+        let (report, rest) = answers
+            .iter()
+            .position(|a| a.get("report").is_some())
+            .map(|i| (&answers[i], &answers[i + 1..]))
+            .expect("a report line");
+        assert!(answers[0]["progress"].is_u64(), "{answers:?}");
+        assert!(answers
+            .iter()
+            .all(|a| a["cmd"] == "gc" || a["cmd"] == "status"));
+        assert_eq!(report["report"]["chunks_removed"], 3);
+        // The connection serves the next request after the gc.
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0]["cmd"], "status");
+
+        let answers = converse(b"{\"v\":1,\"cmd\":\"gc\"}\n".to_vec());
+        let last = answers.last().unwrap();
+        assert_eq!(last["ok"], false);
+        assert_eq!(last["code"], "gc_failed");
+    }
+
     #[test]
     fn a_connection_survives_bad_lines_and_ends_on_oversized_ones() {
         let answers = converse(
