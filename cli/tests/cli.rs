@@ -220,7 +220,7 @@ fn import_status_cat_and_idempotent_reimport() {
     assert!(u(&status, "pack_bytes") >= physical);
     assert!(u(&status, "catalog_bytes") > 0);
     assert_eq!(status["mounted"], false);
-    assert_eq!(status["schema_version"], 1);
+    assert_eq!(status["schema_version"], store::catalog::SCHEMA_VERSION);
 
     // cat follows the snapshot symlink inside the namespace.
     let snap = format!("huggingface/hub/models--org--base/snapshots/{COMMIT}/model.safetensors");

@@ -248,3 +248,37 @@ impl Tx<'_> {
         self.conn
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_catalog_gains_block_cvs_and_keeps_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("catalog.db");
+        drop(Catalog::open(&path).unwrap());
+        // Turn it back into what a version-1 build left behind, with one chunk row.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE chunks DROP COLUMN cvs;
+             INSERT INTO chunks (hash, pack, offset, len, refs) VALUES (x'00', 1, 40, 5, 1);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let catalog = Catalog::open(&path).unwrap();
+        assert_eq!(
+            catalog.read(|tx| tx.schema_version()).unwrap(),
+            SCHEMA_VERSION
+        );
+        let (len, cvs): (i64, Option<Vec<u8>>) = catalog
+            .read(|tx| {
+                Ok(tx.conn.query_row("SELECT len, cvs FROM chunks", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
+            .unwrap();
+        assert_eq!((len, cvs), (5, None));
+    }
+}
