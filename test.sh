@@ -78,6 +78,7 @@ cargo test --release --workspace
 
 section "integration tests (pytest)"
 MLXFS_BIN=target/release/mlxfs "$VENV/bin/python" -m pytest -q integration "$@"
+section "fuzz (fuzz/ci.sh: short seeded run of each target)"; bash fuzz/ci.sh
 
 # The benchmark's quick mode: prints the ratios against the native disk; fails only on a gross
 # regression (see bench/run and bench/baseline.json).
