@@ -405,12 +405,25 @@ impl Store {
             let partial = access == Access::Random
                 && tx.is_none()
                 && n > 0
-                && self.read_blocks(chunk, in_chunk, out);
+                && self.read_blocks(chunk, in_chunk, out, false);
             if !partial {
-                let bytes = self.chunk_in(tx, map, index)?;
-                let n = (bytes.len() - in_chunk).min(want - done);
-                buf[done..done + n].copy_from_slice(&bytes[in_chunk..in_chunk + n]);
-                done += n;
+                match self.chunk_in(tx, map, index) {
+                    Ok(bytes) => {
+                        let n = (bytes.len() - in_chunk).min(want - done);
+                        buf[done..done + n].copy_from_slice(&bytes[in_chunk..in_chunk + n]);
+                        done += n;
+                    }
+                    // A damaged chunk fails only the reads that need its damaged blocks: a
+                    // readahead request that merely ends inside it still gets its bytes.
+                    Err(e @ StoreError::CorruptChunk { .. }) => {
+                        let out = &mut buf[done..done + n];
+                        if n == 0 || tx.is_some() || !self.read_blocks(chunk, in_chunk, out, true) {
+                            return Err(e);
+                        }
+                        done += n;
+                    }
+                    Err(e) => return Err(e),
+                }
             } else {
                 done += n;
             }
@@ -441,9 +454,11 @@ impl Store {
     /// touches. `false` when that is not worth it (a small chunk, most of a chunk wanted, the
     /// chunk already cached) or not possible (no CVs stored, a read or check failed): the
     /// caller then reads the whole chunk, which also reports any damage properly.
-    fn read_blocks(&self, chunk: &MappedChunk, start: usize, out: &mut [u8]) -> bool {
+    /// With `always`, the blocks are read whenever CVs exist (after the whole chunk failed).
+    fn read_blocks(&self, chunk: &MappedChunk, start: usize, out: &mut [u8], always: bool) -> bool {
         let len = chunk.location.len as u64;
-        if len <= VERIFY_BLOCK || out.len() as u64 * 2 > len || self.cache.contains(&chunk.hash) {
+        let worth_it = out.len() as u64 * 2 <= len && !self.cache.contains(&chunk.hash);
+        if len <= VERIFY_BLOCK || !(always || worth_it) {
             return false;
         }
         let Some(cvs) = self.block_cvs(chunk) else {
@@ -641,5 +656,15 @@ mod tests {
         let other = chunk.file_offset + 100;
         let n = store.read_random(&map, other, &mut buf).unwrap();
         assert_eq!(&buf[..n], &data[other as usize..other as usize + n]);
+        // So does a sequential read of the chunk's intact part (the whole chunk fails its
+        // check; its intact blocks are then checked one by one), but not one that spans the
+        // damaged block.
+        let mut head = vec![0u8; (2 * VERIFY_BLOCK) as usize];
+        let n = store.read(&map, chunk.file_offset, &mut head).unwrap();
+        assert_eq!(n, head.len());
+        let start = chunk.file_offset as usize;
+        assert_eq!(&head[..], &data[start..start + n]);
+        let mut span = vec![0u8; (3 * VERIFY_BLOCK) as usize];
+        assert!(store.read(&map, chunk.file_offset, &mut span).is_err());
     }
 }
