@@ -183,7 +183,8 @@ impl Vfs {
         }
         let file = self.hold_file(ino);
         let staged = file.state.lock().staged.is_some();
-        let hot = staged || now_ns().saturating_sub(inode.ctime) < HOT_FILE_WINDOW_NS;
+        let hot = (staged || now_ns().saturating_sub(inode.ctime) < HOT_FILE_WINDOW_NS)
+            && self.direct_io_maps.load(Ordering::Relaxed);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -360,6 +361,11 @@ impl Vfs {
             }
         }
         Ok(buf)
+    }
+
+    /// Called by the FUSE adapter once the kernel said whether it maps direct-I/O files.
+    pub fn set_direct_io_maps(&self, granted: bool) {
+        self.direct_io_maps.store(granted, Ordering::Relaxed);
     }
 
     /// Whether a read at `offset` continues the handle's reading (near where its last read

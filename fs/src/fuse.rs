@@ -193,7 +193,11 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
-        let _ = config.add_capabilities(wanted & config.capabilities());
+        let granted = wanted & config.capabilities();
+        let _ = config.add_capabilities(granted);
+        // Hot files are read around the page cache only where that keeps mmap working.
+        self.vfs
+            .set_direct_io_maps(granted.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP));
         Ok(())
     }
 

@@ -73,6 +73,9 @@ pub struct Vfs {
     pub(crate) handles: Mutex<HashMap<u64, (u64, Arc<FileBytes>)>>,
     /// Where the last read of each file handle ended (tells sequential reads from random).
     pub(crate) read_ends: Mutex<HashMap<u64, u64>>,
+    /// The kernel maps files opened with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP), so hot files
+    /// may be opened that way (see `files::HOT_FILE_WINDOW_NS`).
+    pub(crate) direct_io_maps: std::sync::atomic::AtomicBool,
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
@@ -127,6 +130,7 @@ impl Vfs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             read_ends: Mutex::new(HashMap::new()),
+            direct_io_maps: std::sync::atomic::AtomicBool::new(false),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             listener: Mutex::new(None),
