@@ -175,13 +175,21 @@ impl Vfs {
         if writing && self.is_view_source(ino)? {
             return Err(Errno::EROFS);
         }
-        let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
-        match inode.kind {
-            NodeKind::Dir => return Err(Errno::EISDIR),
-            NodeKind::Symlink => return Err(Errno(libc::ELOOP)),
-            NodeKind::File => {}
-        }
+        // Held before the inode is read: an unlink deletes an inode only while nobody holds it
+        // (see `delete_if_unlinked_and_closed`), so the inode read here stays until release.
         let file = self.hold_file(ino);
+        let inode = match self.read_tx(|tx| tx.inode(ino)) {
+            Ok(Some(inode)) if inode.kind == NodeKind::File => inode,
+            other => {
+                self.unhold_file(&file);
+                return Err(match other {
+                    Ok(Some(inode)) if inode.kind == NodeKind::Dir => Errno::EISDIR,
+                    Ok(Some(_)) => Errno(libc::ELOOP),
+                    Ok(None) => Errno::ENOENT,
+                    Err(e) => e,
+                });
+            }
+        };
         let staged = file.state.lock().staged.is_some();
         let hot = (staged || now_ns().saturating_sub(inode.ctime) < HOT_FILE_WINDOW_NS)
             && self.direct_io_maps.load(Ordering::Relaxed);
@@ -622,10 +630,7 @@ impl Vfs {
         if !self.unhold_file(&file) {
             return committed;
         }
-        self.write_tx(|tx| {
-            tx.delete_inode_if_unlinked(file.ino)?;
-            Ok(())
-        })?;
+        self.delete_if_unlinked_and_closed(file.ino)?;
         committed
     }
 

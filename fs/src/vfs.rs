@@ -516,22 +516,42 @@ impl Vfs {
             }
             self.unlink_in_tx(tx, parent, name)
         });
-        removed
-            .map(|_| ())
-            .map_err(|e| self.missing_or_derived(parent, name, e))
+        let gone = removed.map_err(|e| self.missing_or_derived(parent, name, e))?;
+        if let Some(ino) = gone {
+            self.delete_if_unlinked_and_closed(ino)?;
+        }
+        Ok(())
     }
 
-    /// Removes an entry inside a transaction; the inode itself goes once no open file holds it.
-    fn unlink_in_tx(&self, tx: &Tx, parent: u64, name: &[u8]) -> FsResult<u64> {
+    /// Deletes an inode with no names left unless an open file holds it (its last release
+    /// does it then). Checked and deleted under the open-files lock, which open takes before
+    /// it reads the inode: an open racing the unlink either holds the inode first, or finds
+    /// it gone.
+    pub(crate) fn delete_if_unlinked_and_closed(&self, ino: u64) -> FsResult<()> {
+        let files = self.files.lock();
+        if files.contains_key(&ino) {
+            return Ok(());
+        }
+        self.write_tx(|tx| {
+            tx.delete_inode_if_unlinked(ino)?;
+            Ok(())
+        })?;
+        drop(files);
+        Ok(())
+    }
+
+    /// Removes an entry inside a transaction. Returns the inode if that was its last name: the
+    /// caller deletes it after the commit, unless an open file holds it
+    /// ([`Vfs::delete_if_unlinked_and_closed`]).
+    fn unlink_in_tx(&self, tx: &Tx, parent: u64, name: &[u8]) -> FsResult<Option<u64>> {
         let inode = tx.unlink_entry(parent, name)?;
         let now = now_ns();
         tx.touch_times(parent, Some(now), Some(now))?;
         if inode.nlink > 0 {
             tx.touch_times(inode.ino, None, Some(now))?;
-        } else if !self.files.lock().contains_key(&inode.ino) {
-            tx.delete_inode_if_unlinked(inode.ino)?;
+            return Ok(None);
         }
-        Ok(inode.ino)
+        Ok(Some(inode.ino))
     }
 
     /// rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE.
@@ -559,12 +579,13 @@ impl Vfs {
             let source = self.inode(tx, ino)?;
             let target = tx.lookup(new_parent, new_name)?;
             if target == Some(ino) {
-                return Ok(());
+                return Ok(None);
             }
             if source.kind == NodeKind::Dir && self.is_ancestor(tx, ino, new_parent)? {
                 return Err(Errno::EINVAL);
             }
             let now = now_ns();
+            let mut replaced = None;
             if exchange {
                 let target = target.ok_or(Errno::ENOENT)?;
                 let target_inode = self.inode(tx, target)?;
@@ -591,7 +612,7 @@ impl Vfs {
                         (true, true) if !tx.dir_is_empty(target)? => return Err(Errno::ENOTEMPTY),
                         _ => {}
                     }
-                    self.unlink_in_tx(tx, new_parent, new_name)?;
+                    replaced = self.unlink_in_tx(tx, new_parent, new_name)?;
                 }
                 tx.unlink_entry(parent, name)?;
                 tx.link_entry(new_parent, new_name, ino)?;
@@ -599,9 +620,12 @@ impl Vfs {
             tx.touch_times(ino, None, Some(now))?;
             tx.touch_times(parent, Some(now), Some(now))?;
             tx.touch_times(new_parent, Some(now), Some(now))?;
-            Ok(())
+            Ok(replaced)
         });
-        renamed.map_err(|e| self.missing_or_derived(parent, name, e))?;
+        let replaced = renamed.map_err(|e| self.missing_or_derived(parent, name, e))?;
+        if let Some(gone) = replaced {
+            self.delete_if_unlinked_and_closed(gone)?;
+        }
         Ok(())
     }
 
