@@ -79,15 +79,7 @@ fn s(p: &Path) -> &str {
 
 /// Deterministic incompressible-looking bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    store::formats::testgen::pseudo_random(len, seed)
 }
 
 fn write(path: &Path, data: &[u8]) {

@@ -45,17 +45,7 @@ fn read_all(vfs: &Vfs, ino: u64) -> Vec<u8> {
     out
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use store::formats::testgen::pseudo_random;
 
 #[test]
 fn roots_exist_and_files_round_trip_across_reopen() {

@@ -230,17 +230,7 @@ mod tests {
         .unwrap()
     }
 
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::formats::testgen::pseudo_random as random;
 
     /// Commits `data` as a new file inode (no name needed) and returns (ino, content id).
     fn put(store: &Store, data: &[u8]) -> (u64, i64) {

@@ -587,17 +587,7 @@ mod tests {
     use super::*;
     use crate::ChunkerConfig;
 
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::formats::testgen::pseudo_random as random;
 
     #[test]
     fn random_reads_check_only_their_blocks_and_never_return_damage() {

@@ -133,3 +133,17 @@ fn put_value(f: &mut Vec<u8>, v: &GgufValue) {
         }
     }
 }
+
+/// `len` deterministic, incompressible-looking bytes (xorshift64 seeded from `seed`): test data
+/// that chunks like real weights and never deduplicates by accident.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
