@@ -88,6 +88,60 @@ fn start_writeback(file: &File, from: u64, to: u64) {
     let _ = (file, from, to);
 }
 
+/// Page cache advice for a range of a pack (`len` 0: to the end of the file).
+#[derive(Debug, Clone, Copy)]
+enum Advice {
+    /// Drop the range's pages.
+    DontNeed,
+    /// No readahead on this descriptor.
+    Random,
+}
+
+/// Hints the kernel about a pack's pages; failure only means the hint is not taken.
+fn advise(file: &File, offset: u64, len: u64, advice: Advice) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: advice on a descriptor we own.
+    unsafe {
+        let advice = match advice {
+            Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
+            Advice::Random => libc::POSIX_FADV_RANDOM,
+        };
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            offset as libc::off_t,
+            len as libc::off_t,
+            advice,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len, advice);
+}
+
+/// Exactly `len` bytes at `offset` of a pack; a pack shorter than that is damage (the catalog
+/// said the bytes of chunk `hash` are there), not an I/O error.
+fn pread_exact(
+    file: &File,
+    pack: u64,
+    offset: u64,
+    len: usize,
+    hash: &ChunkHash,
+) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            StoreError::CorruptChunk {
+                chunk: hex::encode(hash),
+                pack,
+                offset,
+                reason: "pack is shorter than the catalog says".into(),
+            }
+        } else {
+            StoreError::io(format!("reading pack {pack}"), e)
+        }
+    })?;
+    Ok(buf)
+}
+
 pub fn pack_file_name(id: u64) -> String {
     format!("{id:08}.pack")
 }
@@ -260,19 +314,7 @@ impl Packs {
     /// was read, and caching the pack too would hold every byte twice).
     pub fn read_verified_owned(&self, loc: ChunkLocation, hash: &ChunkHash) -> Result<Vec<u8>> {
         let file = self.file(loc.pack)?;
-        let mut buf = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                StoreError::CorruptChunk {
-                    chunk: hex::encode(hash),
-                    pack: loc.pack,
-                    offset: loc.offset,
-                    reason: "pack is shorter than the catalog says".into(),
-                }
-            } else {
-                StoreError::io(format!("reading pack {}", loc.pack), e)
-            }
-        })?;
+        let buf = pread_exact(&file, loc.pack, loc.offset, loc.len as usize, hash)?;
         if blake3::hash(&buf).as_bytes() != hash {
             return Err(StoreError::CorruptChunk {
                 chunk: hex::encode(hash),
@@ -284,78 +326,52 @@ impl Packs {
         // Kernel readahead keeps sequential reads fast but caches pages past the chunk; they are
         // dropped once reading passes them, so the window dropped reaches back behind the chunk.
         let drop_from = loc.offset.saturating_sub(READAHEAD_DROP_BEHIND);
-        #[cfg(target_os = "linux")]
-        // SAFETY: advice on a descriptor we own; failure only means the pages stay cached.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&*file),
-                drop_from as libc::off_t,
-                (loc.offset + loc.len as u64 - drop_from) as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
+        let end = loc.offset + loc.len as u64;
+        advise(&file, drop_from, end - drop_from, Advice::DontNeed);
         Ok(buf)
     }
 
-    /// `len` raw bytes at `offset` of a pack, unverified (the caller checks them block by block,
-    /// see blocks.rs), read without readahead; their pack pages are dropped from the page cache
-    /// afterwards, as on the whole-chunk path.
-    pub fn read_span(&self, pack: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
+    /// `len` raw bytes at `offset` of chunk `hash` in a pack, unverified (the caller checks
+    /// them block by block, see blocks.rs), read without readahead; their pack pages are
+    /// dropped from the page cache afterwards, as on the whole-chunk path.
+    pub fn read_span(
+        &self,
+        pack: u64,
+        offset: u64,
+        len: usize,
+        hash: &ChunkHash,
+    ) -> Result<Vec<u8>> {
         let file = self.random_file(pack)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                StoreError::CorruptChunk {
-                    chunk: String::new(),
-                    pack,
-                    offset,
-                    reason: "pack is shorter than the catalog says".into(),
-                }
-            } else {
-                StoreError::io(format!("reading pack {pack}"), e)
-            }
-        })?;
-        #[cfg(target_os = "linux")]
-        // SAFETY: advice on a descriptor we own; failure only means the pages stay cached.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&*file),
-                offset as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
+        let buf = pread_exact(&file, pack, offset, len, hash)?;
+        advise(&file, offset, len as u64, Advice::DontNeed);
         Ok(buf)
     }
 
     fn random_file(&self, pack: u64) -> Result<Arc<File>> {
-        if let Some(file) = self.random_files.read().get(&pack) {
+        self.open_cached(&self.random_files, pack, Some(Advice::Random))
+    }
+
+    fn file(&self, pack: u64) -> Result<Arc<File>> {
+        self.open_cached(&self.files, pack, None)
+    }
+
+    /// A pack's descriptor from `cache`, opened (with `advice` for the whole file) if needed.
+    fn open_cached(
+        &self,
+        cache: &RwLock<HashMap<u64, Arc<File>>>,
+        pack: u64,
+        advice: Option<Advice>,
+    ) -> Result<Arc<File>> {
+        if let Some(file) = cache.read().get(&pack) {
             return Ok(file.clone());
         }
         let path = self.path(pack);
         let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-        #[cfg(target_os = "linux")]
-        // SAFETY: advice on a descriptor we own; failure only means readahead stays on.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                0,
-                0,
-                libc::POSIX_FADV_RANDOM,
-            );
+        if let Some(advice) = advice {
+            advise(&file, 0, 0, advice);
         }
         let file = Arc::new(file);
-        self.random_files.write().insert(pack, file.clone());
-        Ok(file)
-    }
-
-    fn file(&self, pack: u64) -> Result<Arc<File>> {
-        if let Some(file) = self.files.read().get(&pack) {
-            return Ok(file.clone());
-        }
-        let path = self.path(pack);
-        let file = Arc::new(File::open(&path).ctx(|| format!("opening {}", path.display()))?);
-        self.files.write().insert(pack, file.clone());
+        cache.write().insert(pack, file.clone());
         Ok(file)
     }
 

@@ -402,31 +402,29 @@ impl Store {
                 .saturating_sub(in_chunk)
                 .min(want - done);
             let out = &mut buf[done..done + n];
-            let partial = access == Access::Random
-                && tx.is_none()
-                && n > 0
-                && self.read_blocks(chunk, in_chunk, out, false);
-            if !partial {
+            // Block by block outside transactions: on random access, and after a whole chunk
+            // failed its check (a damaged chunk then fails only the reads that need its damaged
+            // blocks; a readahead request that merely ends inside it still gets its bytes).
+            let by_blocks = tx.is_none() && n > 0;
+            if !(by_blocks
+                && access == Access::Random
+                && self.read_blocks(chunk, in_chunk, out, false))
+            {
                 match self.chunk_in(tx, map, index) {
                     Ok(bytes) => {
-                        let n = (bytes.len() - in_chunk).min(want - done);
-                        buf[done..done + n].copy_from_slice(&bytes[in_chunk..in_chunk + n]);
-                        done += n;
+                        out.copy_from_slice(bytes.get(in_chunk..in_chunk + n).ok_or_else(|| {
+                            StoreError::Inconsistent("chunk shorter than its location".into())
+                        })?)
                     }
-                    // A damaged chunk fails only the reads that need its damaged blocks: a
-                    // readahead request that merely ends inside it still gets its bytes.
                     Err(e @ StoreError::CorruptChunk { .. }) => {
-                        let out = &mut buf[done..done + n];
-                        if n == 0 || tx.is_some() || !self.read_blocks(chunk, in_chunk, out, true) {
+                        if !(by_blocks && self.read_blocks(chunk, in_chunk, out, true)) {
                             return Err(e);
                         }
-                        done += n;
                     }
                     Err(e) => return Err(e),
                 }
-            } else {
-                done += n;
             }
+            done += n;
             index += 1;
             if index >= map.chunks.len() {
                 break;
@@ -474,6 +472,7 @@ impl Store {
             chunk.location.pack,
             chunk.location.offset + span_start as u64,
             span_end - span_start,
+            &chunk.hash,
         ) else {
             return false;
         };
