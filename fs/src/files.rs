@@ -327,10 +327,10 @@ impl Vfs {
                 read_full_at(&staged.file, &mut buf, offset)?;
                 return Ok(buf);
             }
-            self.load_content(&file, &mut state)?;
             // The inode's content may have changed behind the mount (an import while mounted)
             // since the map was loaded: the old map under the new length would read old bytes,
-            // or zeros, as the new file. Inode and map are read together.
+            // or zeros, as the new file. Inode and map are read together, in one transaction
+            // that also loads the map the first time.
             let loaded = state.content.as_ref().map(|m| m.id);
             let (inode, fresh) = self.read_tx(|tx| {
                 let Some(inode) = tx.inode(ino)? else {
@@ -348,6 +348,7 @@ impl Vfs {
             } else if inode.content.is_none() {
                 state.content = None;
             }
+            state.content_loaded = true;
             (state.content.clone(), inode.size)
         };
         let end = file_size.min(offset.saturating_add(size as u64));
