@@ -1169,9 +1169,11 @@ impl Importer<'_> {
         if let Some(want) = claimed {
             self.flush()?;
             let links = &mut *self.links;
-            let (unchanged, found) = self.store.catalog().write(|tx| {
+            let verify_sources = self.options.verify_sources;
+            let (attached, found) = self.store.catalog().write(|tx| {
                 // Unchanged since it was imported (same path, size and mtime, and a content
                 // with the digest the name claims): nothing to read.
+                let mut unchanged = None;
                 if let Some(ino) = tx.lookup(parent, &name)? {
                     let inode = tx.inode_required(ino)?;
                     if let (NodeKind::File, Some(content)) = (inode.kind, inode.content) {
@@ -1179,40 +1181,30 @@ impl Importer<'_> {
                             && inode.mtime == meta.mtime
                             && tx.content_sha256(content)? == Some(want)
                         {
-                            let op = Op::File {
-                                parent,
-                                name: name.clone(),
-                                meta,
-                                content: Content::Existing(content),
-                                path: shown.clone(),
-                                link_key,
-                            };
-                            return Ok((Some(apply(tx, &op, links)?), None));
+                            unchanged = Some(content);
                         }
                     }
                 }
-                Ok((None, tx.content_by_sha256(&want, meta.size)?))
-            })?;
-            if let Some(outcome) = unchanged {
-                progress(meta.size);
-                self.report.bytes += meta.size;
-                self.report.already_stored_bytes += meta.size;
-                self.report.unread_bytes += meta.size;
-                self.count(outcome);
-                return Ok(());
-            }
-            if let (Some(id), false) = (found, self.options.verify_sources) {
-                // The stored content hashes to the name: attach it without reading the source.
+                // Or the store holds content of that digest and size, which keeps the name's
+                // promise: attached without reading the source unless sources are verified.
+                let found = match unchanged {
+                    Some(_) => None,
+                    None => tx.content_by_sha256(&want, meta.size)?,
+                };
+                let Some(content) = unchanged.or(found.filter(|_| !verify_sources)) else {
+                    return Ok((None, found));
+                };
                 let op = Op::File {
                     parent,
-                    name,
+                    name: name.clone(),
                     meta,
-                    content: Content::Existing(id),
-                    path: shown,
+                    content: Content::Existing(content),
+                    path: shown.clone(),
                     link_key,
                 };
-                let links = &mut *self.links;
-                let outcome = self.store.catalog().write(|tx| apply(tx, &op, links))?;
+                Ok((Some(apply(tx, &op, links)?), None))
+            })?;
+            if let Some(outcome) = attached {
                 progress(meta.size);
                 self.report.bytes += meta.size;
                 self.report.already_stored_bytes += meta.size;
