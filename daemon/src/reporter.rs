@@ -79,7 +79,7 @@ pub fn pack_bytes(store: &Path) -> u64 {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .filter(|e| store::pack::is_pack_file_name(&e.file_name().to_string_lossy()))
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()

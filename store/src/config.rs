@@ -34,6 +34,11 @@ pub const DEFAULT_AVG_CHUNK: usize = 1 << 20;
 /// A pack file is closed and a new one started once it grows past this size.
 pub const DEFAULT_PACK_TARGET: u64 = 1 << 30;
 
+/// Files at least this big keep their new chunks in a raw pack of their own (pack.rs): their
+/// chunks stay contiguous, and a file whose chunks were all new can be read by the kernel
+/// straight from that pack (FUSE passthrough). Smaller files share record packs.
+pub const DEFAULT_RAW_PACK_MIN_FILE: u64 = 16 << 20;
+
 /// Verified chunk bytes kept in the daemon for reads in progress (bounds its memory).
 pub const CHUNK_CACHE_BYTES: usize = 64 << 20;
 

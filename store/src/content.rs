@@ -298,4 +298,40 @@ impl Tx<'_> {
             .optional()?;
         v.map(blob32).transpose()
     }
+
+    /// The one pack whose committed bytes are exactly a content's bytes at the same offsets, if
+    /// there is one: every chunk in that pack at its file offset, and the pack as long as the
+    /// content (so, chunks tiling the content, nothing else in it).
+    /// Returns the pack and the content's size.
+    pub fn pack_equal_to_content(&self, content: i64) -> Result<Option<(u64, u64)>> {
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let found: Option<Row> = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(c.pack), MAX(c.pack), SUM(c.offset != cc.offset), p.size,
+                        (SELECT size FROM contents WHERE id = ?1)
+                 FROM content_chunks cc
+                 JOIN chunks c ON c.id = cc.chunk
+                 LEFT JOIN packs p ON p.id = c.pack
+                 WHERE cc.content = ?1",
+            )?
+            .query_row([content], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        Ok(match found {
+            Some((Some(first), Some(last), Some(0), Some(pack_size), Some(size)))
+                if first == last && pack_size == size =>
+            {
+                Some((first as u64, size as u64))
+            }
+            _ => None,
+        })
+    }
 }

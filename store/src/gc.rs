@@ -30,7 +30,7 @@ use parking_lot::RwLockWriteGuard;
 use rusqlite::params;
 
 use crate::error::Result;
-use crate::pack::{ChunkLocation, PACK_HEADER_LEN};
+use crate::pack::ChunkLocation;
 use crate::store::Store;
 
 /// Packs with more than this fraction of dead bytes are rewritten.
@@ -123,7 +123,7 @@ impl Store {
         })?;
         drop(quiet);
         for (pack, size, live) in packs {
-            let payload = size.saturating_sub(PACK_HEADER_LEN);
+            let payload = size.saturating_sub(self.packs.header_len(pack));
             if live == 0 {
                 self.catalog.write(|tx| {
                     tx.conn()

@@ -12,6 +12,7 @@ use crate::blocks::hash_chunk;
 use crate::chunker::chunk_spans;
 use crate::content::{PreparedChunk, PreparedContent};
 use crate::error::{IoContext, Result};
+use crate::pack::RawPackWriter;
 use crate::store::Store;
 
 /// Whole-file digests of some bytes.
@@ -100,6 +101,9 @@ impl Store {
         let spans = chunk_spans(data, &self.options.chunker);
         let mut chunks = Vec::with_capacity(spans.len());
         let mut new_bytes = 0u64;
+        // A big file's new chunks go to a raw pack of its own, made at its first new chunk.
+        let own_pack = data.len() as u64 >= self.options.raw_pack_min_file;
+        let mut raw: Option<RawPackWriter> = None;
         for span in spans {
             let start = span.offset as usize;
             let bytes = &data[start..start + span.len as usize];
@@ -108,7 +112,10 @@ impl Store {
                 Some(_) => None,
                 None => {
                     new_bytes += bytes.len() as u64;
-                    Some(self.append_chunk(&hash, bytes)?)
+                    if own_pack && raw.is_none() {
+                        raw = Some(self.packs.create_raw()?);
+                    }
+                    Some(self.append_chunk(raw.as_mut(), &hash, bytes)?)
                 }
             };
             // A pending chunk appended by another writer is committed by whichever commits
@@ -123,6 +130,9 @@ impl Store {
                 cvs,
                 location,
             });
+        }
+        if let Some(writer) = raw {
+            writer.finish()?;
         }
         Ok((chunks, new_bytes))
     }

@@ -1,11 +1,19 @@
-//! Append-only pack files holding chunk records.
+//! Append-only pack files holding chunks, in two layouts.
 //!
-//! A pack starts with a 16-byte header (magic + pack id). Each record is
-//! `magic "MXCK" | u32 LE length | BLAKE3-256 of the data | data`, so a pack can be scanned and
-//! checked without the catalog. Packs are only ever appended to (and rewritten whole by gc), so
-//! readers can memory-map them and remap when a record lies past the current mapping.
+//! A *record pack* (`NNNNNNNN.pack`, shared by small files and gc) starts with a 16-byte header
+//! (magic + pack id). Each record is `magic "MXCK" | u32 LE length | BLAKE3-256 of the data |
+//! data`, so a pack can be scanned and checked without the catalog.
+//!
+//! A *raw pack* (`NNNNNNNN.raw`) holds the new chunks of one large file back to back, with no
+//! headers; its side file `NNNNNNNN.index` (magic `MLXFSIX1`, pack id, then `BLAKE3-256 | u32 LE
+//! length` per chunk) keeps it scannable without the catalog. When all of a file's chunks were
+//! new, the raw pack's bytes *are* the file's bytes at the same offsets, so the kernel can serve
+//! the file from it directly (FUSE passthrough, see `Store::passthrough_pack`).
+//!
+//! Packs are only ever appended to (and rewritten whole by gc), so readers can memory-map them
+//! and remap when a record lies past the current mapping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -22,6 +30,10 @@ pub const PACK_MAGIC: &[u8; 8] = b"MLXFSPK1";
 pub const PACK_HEADER_LEN: u64 = 16;
 pub const RECORD_MAGIC: &[u8; 4] = b"MXCK";
 pub const RECORD_HEADER_LEN: u64 = 40;
+pub const RAW_INDEX_MAGIC: &[u8; 8] = b"MLXFSIX1";
+/// A raw pack's index: magic and pack id, then one entry per chunk.
+pub const RAW_INDEX_HEADER_LEN: usize = 16;
+pub const RAW_INDEX_ENTRY_LEN: usize = 36;
 /// How far behind a chunk just read its pack's cached pages are dropped (see `read_verified_owned`).
 const READAHEAD_DROP_BEHIND: u64 = 8 << 20;
 
@@ -69,6 +81,13 @@ pub struct Packs {
     /// Second descriptors with readahead off, for random reads of a few blocks: readahead
     /// state belongs to the open file, so sequential readers keep theirs.
     random_files: RwLock<HashMap<u64, Arc<File>>>,
+    /// Ids of raw packs (the rest are record packs).
+    raw: RwLock<HashSet<u64>>,
+    /// Raw packs still being written; [`Packs::sync`] makes them durable too, since another
+    /// writer may commit a chunk it found pending in one of them.
+    raw_writing: Mutex<HashMap<u64, Arc<File>>>,
+    /// Held while a new pack id is chosen and its file created.
+    creating: Mutex<()>,
 }
 
 /// Asks the kernel to start writing `from..to` of a pack to disk without waiting for it
@@ -146,40 +165,91 @@ pub fn pack_file_name(id: u64) -> String {
     format!("{id:08}.pack")
 }
 
+pub fn raw_pack_file_name(id: u64) -> String {
+    format!("{id:08}.raw")
+}
+
+pub fn raw_index_file_name(id: u64) -> String {
+    format!("{id:08}.index")
+}
+
+/// Whether a file in the packs directory holds chunk bytes (record or raw pack), by its name.
+pub fn is_pack_file_name(name: &str) -> bool {
+    pack_id_of(name).is_some()
+}
+
+/// The id and layout (`true`: raw) of a pack file, from its name.
+fn pack_id_of(name: &str) -> Option<(u64, bool)> {
+    if let Some(stem) = name.strip_suffix(".pack") {
+        return stem.parse().ok().map(|id| (id, false));
+    }
+    let stem = name.strip_suffix(".raw")?;
+    stem.parse().ok().map(|id| (id, true))
+}
+
 impl Packs {
     pub fn open(dir: &Path, target_size: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-        Ok(Packs {
+        let packs = Packs {
             dir: dir.to_path_buf(),
             target_size,
             active: Mutex::new(None),
             maps: RwLock::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
             random_files: RwLock::new(HashMap::new()),
-        })
+            raw: RwLock::new(HashSet::new()),
+            raw_writing: Mutex::new(HashMap::new()),
+            creating: Mutex::new(()),
+        };
+        *packs.raw.write() = packs
+            .scan_dir()?
+            .into_iter()
+            .filter_map(|(id, raw)| raw.then_some(id))
+            .collect();
+        Ok(packs)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The file holding pack `id`'s chunk bytes.
     pub fn path(&self, id: u64) -> PathBuf {
-        self.dir.join(pack_file_name(id))
+        if self.is_raw(id) {
+            self.dir.join(raw_pack_file_name(id))
+        } else {
+            self.dir.join(pack_file_name(id))
+        }
+    }
+
+    /// Whether pack `id` is a raw pack (one file's chunks back to back, no headers).
+    pub fn is_raw(&self, id: u64) -> bool {
+        self.raw.read().contains(&id)
+    }
+
+    /// Bytes before the first chunk of a pack (its header; none in a raw pack).
+    pub fn header_len(&self, id: u64) -> u64 {
+        if self.is_raw(id) {
+            0
+        } else {
+            PACK_HEADER_LEN
+        }
     }
 
     /// Pack ids present on disk, ascending.
     pub fn list(&self) -> Result<Vec<u64>> {
+        Ok(self.scan_dir()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Pack ids on disk with their layout (`true`: raw), ascending.
+    fn scan_dir(&self) -> Result<Vec<(u64, bool)>> {
         let mut ids = Vec::new();
         for entry in
             std::fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))?
         {
             let entry = entry.ctx(|| format!("listing {}", self.dir.display()))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if let Some(stem) = name.strip_suffix(".pack") {
-                if let Ok(id) = stem.parse::<u64>() {
-                    ids.push(id);
-                }
+            if let Some(found) = pack_id_of(&entry.file_name().to_string_lossy()) {
+                ids.push(found);
             }
         }
         ids.sort_unstable();
@@ -233,11 +303,22 @@ impl Packs {
     /// Makes every appended record durable. Called before the catalog transaction that
     /// references them commits; sealed packs were synced when they were closed.
     pub fn sync(&self) -> Result<()> {
-        let active = self.active.lock();
-        if let Some(pack) = active.as_ref() {
-            pack.file
-                .sync_data()
-                .ctx(|| format!("syncing pack {}", pack.id))?;
+        {
+            let active = self.active.lock();
+            if let Some(pack) = active.as_ref() {
+                pack.file
+                    .sync_data()
+                    .ctx(|| format!("syncing pack {}", pack.id))?;
+            }
+        }
+        let writing: Vec<(u64, Arc<File>)> = self
+            .raw_writing
+            .lock()
+            .iter()
+            .map(|(id, file)| (*id, file.clone()))
+            .collect();
+        for (id, file) in writing {
+            file.sync_data().ctx(|| format!("syncing raw pack {id}"))?;
         }
         Ok(())
     }
@@ -257,15 +338,50 @@ impl Packs {
         Ok(())
     }
 
-    fn create_pack(&self) -> Result<ActivePack> {
+    /// Creates the file of a new pack with the next free id.
+    fn create_file(&self, raw: bool) -> Result<(u64, File, PathBuf)> {
+        let _creating = self.creating.lock();
         let id = self.list()?.last().map_or(1, |last| last + 1);
-        let path = self.path(id);
-        let mut file = OpenOptions::new()
+        let path = self.dir.join(if raw {
+            raw_pack_file_name(id)
+        } else {
+            pack_file_name(id)
+        });
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .ctx(|| format!("creating {}", path.display()))?;
+        if raw {
+            self.raw.write().insert(id);
+        }
+        Ok((id, file, path))
+    }
+
+    /// Starts a raw pack for the new chunks of one file (see the module comment).
+    pub fn create_raw(&self) -> Result<RawPackWriter<'_>> {
+        let (id, file, path) = self.create_file(true)?;
+        // The directory entry is made durable with the data, in `RawPackWriter::finish`.
+        let file = Arc::new(file);
+        self.raw_writing.lock().insert(id, file.clone());
+        let mut index = Vec::with_capacity(RAW_INDEX_HEADER_LEN + 64 * RAW_INDEX_ENTRY_LEN);
+        index.extend_from_slice(RAW_INDEX_MAGIC);
+        index.extend_from_slice(&id.to_le_bytes());
+        Ok(RawPackWriter {
+            packs: self,
+            id,
+            file,
+            path,
+            len: 0,
+            writeback_from: 0,
+            index,
+            finished: false,
+        })
+    }
+
+    fn create_pack(&self) -> Result<ActivePack> {
+        let (id, mut file, path) = self.create_file(false)?;
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[..8].copy_from_slice(PACK_MAGIC);
         header[8..].copy_from_slice(&id.to_le_bytes());
@@ -426,11 +542,89 @@ impl Packs {
 
     pub fn remove(&self, pack: u64) -> Result<()> {
         self.unmap(pack);
+        let raw = self.is_raw(pack);
         let path = self.path(pack);
-        match std::fs::remove_file(&path) {
+        let removed = match std::fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
+        };
+        if raw && removed.is_ok() {
+            let _ = std::fs::remove_file(self.dir.join(raw_index_file_name(pack)));
+            self.raw.write().remove(&pack);
+        }
+        removed
+    }
+}
+
+/// Appends one file's new chunks to a raw pack of its own (see the module comment).
+pub struct RawPackWriter<'a> {
+    packs: &'a Packs,
+    id: u64,
+    file: Arc<File>,
+    path: PathBuf,
+    len: u64,
+    writeback_from: u64,
+    index: Vec<u8>,
+    finished: bool,
+}
+
+impl RawPackWriter<'_> {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Appends a chunk; durable only after [`RawPackWriter::finish`] (or [`Packs::sync`]).
+    pub fn append(&mut self, hash: &ChunkHash, data: &[u8]) -> Result<ChunkLocation> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| StoreError::Inconsistent("chunk larger than 4 GiB".into()))?;
+        let start = self.len;
+        if let Err(e) = self.file.write_all_at(data, start) {
+            let _ = self.file.set_len(start);
+            return Err(StoreError::io(
+                format!("writing {}", self.path.display()),
+                e,
+            ));
+        }
+        self.len = start + len as u64;
+        self.index.extend_from_slice(hash);
+        self.index.extend_from_slice(&len.to_le_bytes());
+        if self.len - self.writeback_from >= WRITEBACK_BATCH {
+            start_writeback(&self.file, self.writeback_from, self.len);
+            self.writeback_from = self.len;
+        }
+        Ok(ChunkLocation {
+            pack: self.id,
+            offset: start,
+            len,
+        })
+    }
+
+    /// Writes the index and makes pack, index and their directory entries durable.
+    pub fn finish(mut self) -> Result<()> {
+        let index_path = self.packs.dir.join(raw_index_file_name(self.id));
+        let written = std::fs::write(&index_path, &self.index)
+            .and_then(|()| File::open(&index_path)?.sync_all())
+            .ctx(|| format!("writing {}", index_path.display()));
+        let synced = written.and_then(|()| {
+            self.file
+                .sync_data()
+                .ctx(|| format!("syncing {}", self.path.display()))
+        });
+        synced.and_then(|()| sync_dir(&self.packs.dir))?;
+        self.finished = true;
+        self.packs.raw_writing.lock().remove(&self.id);
+        Ok(())
+    }
+}
+
+impl Drop for RawPackWriter<'_> {
+    /// A writer given up on (an error while its file was chunked) leaves its pack for recovery
+    /// or gc, durable, since another writer may have found one of its chunks pending.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.file.sync_data();
+            self.packs.raw_writing.lock().remove(&self.id);
         }
     }
 }
@@ -443,9 +637,12 @@ pub struct ScannedRecord {
     pub intact: bool,
 }
 
-/// Walks every record of a pack file. Stops at the first torn or unrecognisable record and reports
-/// the offset where valid records end.
+/// Walks every record of a pack file (a raw pack through its index). Stops at the first torn or
+/// unrecognisable record and reports the offset where valid records end.
 pub fn scan_pack(path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
+    if path.extension().is_some_and(|e| e == "raw") {
+        return scan_raw_pack(path, &path.with_extension("index"), pack);
+    }
     let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
     let len = file
         .metadata()
@@ -489,8 +686,117 @@ pub fn scan_pack(path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
     Ok((records, pos))
 }
 
+fn scan_raw_pack(path: &Path, index_path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
+    let index = std::fs::read(index_path).ctx(|| format!("reading {}", index_path.display()))?;
+    let mut records = Vec::new();
+    if index.len() < RAW_INDEX_HEADER_LEN || &index[..8] != RAW_INDEX_MAGIC {
+        return Ok((records, 0));
+    }
+    let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let len = file
+        .metadata()
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
+    let mut pos = 0u64;
+    for entry in index[RAW_INDEX_HEADER_LEN..].chunks_exact(RAW_INDEX_ENTRY_LEN) {
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&entry[..32]);
+        let data_len = u32::from_le_bytes(entry[32..36].try_into().unwrap_or_default());
+        let end = pos + data_len as u64;
+        if end > len {
+            break;
+        }
+        let mut data = vec![0u8; data_len as usize];
+        file.read_exact_at(&mut data, pos)
+            .ctx(|| format!("reading {}", path.display()))?;
+        records.push(ScannedRecord {
+            location: ChunkLocation {
+                pack,
+                offset: pos,
+                len: data_len,
+            },
+            hash,
+            intact: blake3::hash(&data).as_bytes() == &hash,
+        });
+        pos = end;
+    }
+    Ok((records, pos))
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(|| format!("syncing directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seed: u8, len: usize) -> (ChunkHash, Vec<u8>) {
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        (*blake3::hash(&data).as_bytes(), data)
+    }
+
+    #[test]
+    fn raw_pack_holds_chunks_back_to_back_and_scans_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = Packs::open(dir.path(), 1 << 20).unwrap();
+        let record = packs.append(&chunk(9, 10).0, &chunk(9, 10).1).unwrap();
+        let mut writer = packs.create_raw().unwrap();
+        let raw_id = writer.id();
+        assert_ne!(
+            raw_id, record.pack,
+            "raw and record packs share one id space"
+        );
+        let (a, b) = (chunk(1, 1000), chunk(2, 3000));
+        let la = writer.append(&a.0, &a.1).unwrap();
+        let lb = writer.append(&b.0, &b.1).unwrap();
+        assert_eq!((la.offset, lb.offset), (0, 1000));
+        writer.finish().unwrap();
+
+        let path = packs.path(raw_id);
+        assert!(path.to_string_lossy().ends_with(".raw"));
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk, [a.1.clone(), b.1.clone()].concat(), "no headers");
+        assert_eq!(packs.header_len(raw_id), 0);
+        assert_eq!(&*packs.read_verified(lb, &b.0).unwrap(), &b.1[..]);
+
+        let (records, end) = scan_pack(&path, raw_id).unwrap();
+        assert_eq!(end, 4000);
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.intact));
+        assert_eq!(records[1].location, lb);
+
+        // Damage shows in the scan, and a reopened store still knows the layout.
+        std::fs::write(&path, [a.1.clone(), vec![0u8; 3000]].concat()).unwrap();
+        let (records, _) = scan_pack(&path, raw_id).unwrap();
+        assert!(records[0].intact && !records[1].intact);
+        let reopened = Packs::open(dir.path(), 1 << 20).unwrap();
+        assert!(reopened.is_raw(raw_id) && !reopened.is_raw(record.pack));
+        assert_eq!(reopened.list().unwrap(), vec![record.pack, raw_id]);
+
+        reopened.remove(raw_id).unwrap();
+        assert!(!path.exists());
+        assert!(!dir.path().join(raw_index_file_name(raw_id)).exists());
+        assert_eq!(reopened.list().unwrap(), vec![record.pack]);
+    }
+
+    #[test]
+    fn sync_covers_raw_packs_still_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = Packs::open(dir.path(), 1 << 20).unwrap();
+        let mut writer = packs.create_raw().unwrap();
+        let (h, d) = chunk(3, 100);
+        writer.append(&h, &d).unwrap();
+        assert_eq!(packs.raw_writing.lock().len(), 1);
+        packs.sync().unwrap();
+        drop(writer);
+        assert!(
+            packs.raw_writing.lock().is_empty(),
+            "a dropped writer is forgotten"
+        );
+    }
 }

@@ -12,10 +12,12 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use crate::blocks;
 use crate::cache::ChunkCache;
 use crate::catalog::{Catalog, Tx};
-use crate::config::{ChunkerConfig, CHUNK_CACHE_BYTES, DEFAULT_PACK_TARGET, VERIFY_BLOCK};
+use crate::config::{
+    ChunkerConfig, CHUNK_CACHE_BYTES, DEFAULT_PACK_TARGET, DEFAULT_RAW_PACK_MIN_FILE, VERIFY_BLOCK,
+};
 use crate::content::{ContentMap, MappedChunk, PreparedContent};
 use crate::error::{IoContext, Result, StoreError};
-use crate::pack::{ChunkLocation, Packs};
+use crate::pack::{ChunkLocation, Packs, RawPackWriter};
 use crate::ChunkHash;
 
 /// How to open a store.
@@ -23,12 +25,15 @@ use crate::ChunkHash;
 pub struct StoreOptions {
     pub chunker: ChunkerConfig,
     pub pack_target: u64,
+    /// Smallest file stored in a raw pack of its own; `u64::MAX` turns raw packs off.
+    pub raw_pack_min_file: u64,
 }
 
 impl StoreOptions {
     /// Defaults, with the chunker tunable for experiments and benchmarks:
     /// `MLXFS_CHUNK_AVG` (average chunk size in bytes, min/max scale with it) and
-    /// `MLXFS_TENSOR_CUTS=0` (plain FastCDC, no cuts at tensor boundaries).
+    /// `MLXFS_TENSOR_CUTS=0` (plain FastCDC, no cuts at tensor boundaries), and
+    /// `MLXFS_RAW_PACKS=0` (every file's chunks in shared record packs: no passthrough).
     pub fn from_env() -> Self {
         let mut options = StoreOptions::default();
         if let Some(avg) = std::env::var("MLXFS_CHUNK_AVG")
@@ -41,6 +46,9 @@ impl StoreOptions {
         if std::env::var("MLXFS_TENSOR_CUTS").is_ok_and(|v| v == "0") {
             options.chunker.tensor_aware = false;
         }
+        if std::env::var("MLXFS_RAW_PACKS").is_ok_and(|v| v == "0") {
+            options.raw_pack_min_file = u64::MAX;
+        }
         options
     }
 }
@@ -50,6 +58,7 @@ impl Default for StoreOptions {
         StoreOptions {
             chunker: ChunkerConfig::default(),
             pack_target: DEFAULT_PACK_TARGET,
+            raw_pack_min_file: DEFAULT_RAW_PACK_MIN_FILE,
         }
     }
 }
@@ -140,38 +149,11 @@ impl Store {
         self.root.join("staging")
     }
 
-    /// Brings the disk back in line with the catalog after a crash: records past a pack's
-    /// committed size and packs no committed chunk lives in were never visible, so they go.
+    /// Brings the disk back in line with the catalog after a crash: pack bytes no commit
+    /// claimed go (see [`Store::drop_uncommitted_pack_bytes`]), and so do inodes unlinked while
+    /// open.
     fn recover(&self) -> Result<()> {
-        let committed: HashMap<u64, u64> = self.catalog.read(|tx| {
-            let mut stmt = tx.conn().prepare("SELECT id, size FROM packs")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?;
-            let mut map = HashMap::new();
-            for row in rows {
-                let (id, size) = row?;
-                map.insert(id, size);
-            }
-            Ok(map)
-        })?;
-        for id in self.packs.list()? {
-            let path = self.packs.path(id);
-            let len = std::fs::metadata(&path)
-                .ctx(|| format!("stat {}", path.display()))?
-                .len();
-            match committed.get(&id) {
-                None => {
-                    tracing::info!(pack = id, "removing pack with no committed chunks");
-                    self.packs.remove(id)?;
-                }
-                Some(&size) if len > size => {
-                    tracing::info!(pack = id, len, size, "dropping uncommitted pack tail");
-                    self.packs.truncate(id, size)?;
-                }
-                Some(_) => {}
-            }
-        }
+        self.drop_uncommitted_pack_bytes()?;
         let orphans = self.catalog.read(|tx| tx.orphan_inodes())?;
         if !orphans.is_empty() {
             self.catalog.write(|tx| {
@@ -208,25 +190,45 @@ impl Store {
         let _exclusive = self.ingest_gate.write();
         let _ = std::fs::remove_file(self.root.join(RESERVE_FILE));
         self.pending.lock().clear();
-        let Some((pack, _)) = self.packs.active() else {
-            return Ok(());
-        };
-        let committed: Option<i64> = self.catalog.read(|tx| {
-            Ok(tx
-                .conn()
-                .query_row("SELECT size FROM packs WHERE id = ?1", [pack as i64], |r| {
-                    r.get(0)
-                })
-                .ok())
-        })?;
         self.packs.seal_active()?;
-        let keep = committed.map_or(crate::pack::PACK_HEADER_LEN, |c| c as u64);
-        tracing::info!(
-            pack,
-            keep,
-            "dropping uncommitted pack bytes after a failed write"
-        );
-        self.packs.truncate(pack, keep)
+        tracing::info!("dropping uncommitted pack bytes after a failed write");
+        self.drop_uncommitted_pack_bytes()
+    }
+
+    /// Records past a pack's committed size, and packs no committed chunk lives in, were never
+    /// visible: they go. Only while no writer is between prepare and commit (at open, or with
+    /// the ingest gate held exclusively), since a writer's appended chunks are uncommitted.
+    fn drop_uncommitted_pack_bytes(&self) -> Result<()> {
+        let committed: HashMap<u64, u64> = self.catalog.read(|tx| {
+            let mut stmt = tx.conn().prepare("SELECT id, size FROM packs")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?;
+            let mut map = HashMap::new();
+            for row in rows {
+                let (id, size) = row?;
+                map.insert(id, size);
+            }
+            Ok(map)
+        })?;
+        for id in self.packs.list()? {
+            let path = self.packs.path(id);
+            let len = std::fs::metadata(&path)
+                .ctx(|| format!("stat {}", path.display()))?
+                .len();
+            match committed.get(&id) {
+                None => {
+                    tracing::info!(pack = id, "removing pack with no committed chunks");
+                    self.packs.remove(id)?;
+                }
+                Some(&size) if len > size => {
+                    tracing::info!(pack = id, len, size, "dropping uncommitted pack tail");
+                    self.packs.truncate(id, size)?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// A few MiB held back on the store's disk, released when the disk fills up so that
@@ -269,9 +271,18 @@ impl Store {
         self.catalog.read(|tx| tx.chunk_location(hash))
     }
 
-    /// Appends a chunk nobody has, remembering it as pending.
-    pub(crate) fn append_chunk(&self, hash: &ChunkHash, data: &[u8]) -> Result<ChunkLocation> {
-        let loc = self.packs.append(hash, data)?;
+    /// Appends a chunk nobody has (to `raw`, the file's own raw pack, if it has one),
+    /// remembering it as pending.
+    pub(crate) fn append_chunk(
+        &self,
+        raw: Option<&mut RawPackWriter<'_>>,
+        hash: &ChunkHash,
+        data: &[u8],
+    ) -> Result<ChunkLocation> {
+        let loc = match raw {
+            Some(writer) => writer.append(hash, data)?,
+            None => self.packs.append(hash, data)?,
+        };
         let mut pending = self.pending.lock();
         if pending.len() >= PENDING_LIMIT {
             pending.clear();
@@ -362,6 +373,37 @@ impl Store {
     /// they took `map` (see there); chunks gc moved since are found again.
     pub fn read(&self, map: &ContentMap, offset: u64, buf: &mut [u8]) -> Result<usize> {
         self.read_in(None, map, offset, buf, Access::Sequential)
+    }
+
+    /// A read-only descriptor of the raw pack (pack.rs) whose bytes are exactly `content`'s, if
+    /// there is one, for the kernel to read the file from directly (FUSE passthrough); `size`
+    /// is the inode's (a file longer than its content has a sparse tail the pack lacks).
+    ///
+    /// Those reads are not checked against the chunk ids as the daemon's reads are; `mlxfs
+    /// verify` checks the pack. A pack gc deletes later stays readable through the descriptor,
+    /// unchanged: gc writes moved chunks elsewhere and never rewrites a pack in place.
+    pub fn passthrough_pack(&self, content: i64, size: u64) -> Result<Option<File>> {
+        let Some((pack, content_size)) =
+            self.catalog.read(|tx| tx.pack_equal_to_content(content))?
+        else {
+            return Ok(None);
+        };
+        if content_size != size || !self.packs.is_raw(pack) {
+            return Ok(None);
+        }
+        let path = self.packs.path(pack);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            // Moved by gc since the catalog was read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
+        };
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
+        // Longer on disk: uncommitted bytes a crash left, dropped at the next start.
+        Ok((len == size).then_some(file))
     }
 
     /// [`Store::read`] for a read that does not continue the previous one (mmap faults, pread
@@ -655,5 +697,90 @@ mod tests {
         assert_eq!(&head[..], &data[start..start + n]);
         let mut span = vec![0u8; (3 * VERIFY_BLOCK) as usize];
         assert!(store.read(&map, chunk.file_offset, &mut span).is_err());
+    }
+
+    #[test]
+    fn a_big_new_file_gets_a_raw_pack_equal_to_its_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            chunker: ChunkerConfig::with_avg(64 << 10),
+            raw_pack_min_file: 1 << 20,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(tmp.path(), options).unwrap();
+        let commit = |data: &[u8]| {
+            let prepared = store.prepare(data).unwrap();
+            store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap()
+        };
+        let data = random(3 << 20, 11);
+        let whole = commit(&data);
+        let mut file = store
+            .passthrough_pack(whole, data.len() as u64)
+            .unwrap()
+            .unwrap();
+        let mut on_disk = Vec::new();
+        file.read_to_end(&mut on_disk).unwrap();
+        assert!(on_disk == data, "the raw pack is the file's bytes");
+        // A file size other than the content's (a sparse tail): no passthrough.
+        assert!(store
+            .passthrough_pack(whole, data.len() as u64 + 1)
+            .unwrap()
+            .is_none());
+
+        // A file made of the first one's chunks plus new ones: its chunks are not all in one
+        // pack at their offsets, so no passthrough; the new ones still got a raw pack.
+        let mut mixed = data.clone();
+        mixed.extend(random(2 << 20, 12));
+        let mixed_id = commit(&mixed);
+        assert!(store
+            .passthrough_pack(mixed_id, mixed.len() as u64)
+            .unwrap()
+            .is_none());
+        let map = store.catalog.read(|tx| tx.content_map(mixed_id)).unwrap();
+        let last = map.chunks.last().unwrap().location.pack;
+        assert!(store.packs.is_raw(last));
+        let mut got = vec![0u8; mixed.len()];
+        assert_eq!(store.read(&map, 0, &mut got).unwrap(), mixed.len());
+        assert!(got == mixed);
+
+        // A small file shares the record packs.
+        let small = random(100 << 10, 13);
+        let small_id = commit(&small);
+        let map = store.catalog.read(|tx| tx.content_map(small_id)).unwrap();
+        assert!(map
+            .chunks
+            .iter()
+            .all(|c| !store.packs.is_raw(c.location.pack)));
+        assert!(store
+            .passthrough_pack(small_id, small.len() as u64)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn raw_packs_no_commit_claimed_are_dropped_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            chunker: ChunkerConfig::with_avg(64 << 10),
+            raw_pack_min_file: 1 << 20,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(tmp.path(), options.clone()).unwrap();
+        let kept = random(2 << 20, 21);
+        let prepared = store.prepare(&kept).unwrap();
+        store.commit(&prepared, |_, c| Ok(c)).unwrap();
+        // Prepared, never committed (a crash between prepare and commit).
+        store.prepare(&random(2 << 20, 22)).unwrap();
+        let before = store.packs.list().unwrap();
+        assert_eq!(before.len(), 2, "{before:?}");
+        drop(store);
+        let store = Store::open(tmp.path(), options).unwrap();
+        let after = store.packs.list().unwrap();
+        assert_eq!(after, before[..1].to_vec());
+        let index = tmp
+            .path()
+            .join("packs")
+            .join(crate::pack::raw_index_file_name(before[1]));
+        assert!(!index.exists(), "the dropped pack's index went with it");
     }
 }
