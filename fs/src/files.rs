@@ -8,6 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -42,6 +43,45 @@ pub(crate) struct OpenFile {
     /// Open handles; atomic so opening never waits on a file busy committing.
     handles: AtomicU32,
     state: Mutex<FileState>,
+    /// Its own lock, so opening never waits on a file busy committing either.
+    io: Mutex<IoModes>,
+}
+
+/// How the kernel reads an inode's open handles. It fails an open (EIO, at the caller) that
+/// would put a passthrough handle beside one reading through the page cache, or a second backing
+/// file beside the first; and a direct-I/O handle that is mmapped joins the page cache. So a
+/// passthrough handle is given only while every open handle of the inode is one on the same
+/// pack, and while one is, other handles read and write around the page cache.
+#[derive(Default)]
+struct IoModes {
+    /// Handles that are not passthrough.
+    other: u32,
+    /// Passthrough handles, all reading `pack`.
+    passthrough: HashSet<u64>,
+    pack: Option<u64>,
+}
+
+impl IoModes {
+    /// Forgets a handle; returns whether it was the inode's last passthrough handle.
+    fn release(&mut self, fh: u64) -> bool {
+        if self.passthrough.remove(&fh) {
+            if self.passthrough.is_empty() {
+                self.pack = None;
+                return true;
+            }
+        } else {
+            self.other = self.other.saturating_sub(1);
+        }
+        false
+    }
+}
+
+/// The kernel reads a passthrough handle straight from `file`, the raw pack `pack` whose bytes
+/// are the file's (see `store::Store::passthrough_pack`), without asking the daemon.
+#[derive(Debug)]
+pub struct Passthrough {
+    pub pack: u64,
+    pub file: File,
 }
 
 struct FileState {
@@ -61,13 +101,16 @@ struct Staged {
 }
 
 /// How an open went: the handle, and whether the kernel may keep its page cache.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
-    /// Bypass the page cache: `/.mlxfs/stats.json`, whose size changes between opens, and
-    /// read-only opens of a file that is hot (see [`HOT_FILE_WINDOW_NS`]).
+    /// Bypass the page cache: `/.mlxfs/stats.json`, whose size changes between opens,
+    /// read-only opens of a file that is hot (see [`HOT_FILE_WINDOW_NS`]), and any handle of
+    /// an inode with passthrough handles open (see `IoModes`).
     pub direct_io: bool,
+    /// Let the kernel read this read-only handle from a pack directly.
+    pub passthrough: Option<Passthrough>,
 }
 
 impl OpenFile {
@@ -80,6 +123,7 @@ impl OpenFile {
                 content: None,
                 content_loaded: false,
             }),
+            io: Mutex::new(IoModes::default()),
         }
     }
 
@@ -198,6 +242,23 @@ impl Vfs {
             .lock()
             .insert(fh, (ino, self.metrics.file(ino)));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let passthrough = (!writing && !staged && !hot)
+            .then(|| self.passthrough_for(&inode))
+            .flatten();
+        let (direct_io, passthrough) = {
+            let mut io = file.io.lock();
+            match passthrough {
+                Some(pt) if io.other == 0 && io.pack.is_none_or(|p| p == pt.pack) => {
+                    io.pack = Some(pt.pack);
+                    io.passthrough.insert(fh);
+                    (false, Some(pt))
+                }
+                _ => {
+                    io.other += 1;
+                    (!io.passthrough.is_empty() || (hot && !writable), None)
+                }
+            }
+        };
         if writable && flags & libc::O_TRUNC != 0 {
             if let Err(e) = self.truncate(ino, 0) {
                 let _ = self.release(fh);
@@ -207,8 +268,40 @@ impl Vfs {
         Ok(Opened {
             fh,
             keep_cache: !staged && flags & libc::O_TRUNC == 0,
-            direct_io: hot && !writable,
+            direct_io,
+            passthrough,
         })
+    }
+
+    /// The raw pack a read-only open of this committed, cold inode can be passed through to.
+    fn passthrough_for(&self, inode: &Inode) -> Option<Passthrough> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let content = inode.content?;
+        match self.store.passthrough_pack(content, inode.size) {
+            Ok(found) => found.map(|(pack, file)| Passthrough { pack, file }),
+            Err(e) => {
+                tracing::debug!(ino = inode.ino, error = %e, "no passthrough");
+                None
+            }
+        }
+    }
+
+    /// The adapter could not pass `fh` through after all (the kernel refused its backing
+    /// file): count it as a handle the daemon serves.
+    pub fn passthrough_refused(&self, fh: u64) {
+        let Ok(file) = self.handle_file(fh) else {
+            return;
+        };
+        let mut io = file.io.lock();
+        io.release(fh);
+        io.other += 1;
+    }
+
+    /// Called by the FUSE adapter once the kernel said whether it passes files through.
+    pub fn set_passthrough(&self, granted: bool) {
+        self.passthrough.store(granted, Ordering::Relaxed);
     }
 
     /// Creates and opens a file (O_CREAT|O_EXCL semantics are the kernel's: it only calls
@@ -263,6 +356,7 @@ impl Vfs {
             fh,
             keep_cache: !stats,
             direct_io: stats,
+            passthrough: None,
         })
     }
 
@@ -622,6 +716,7 @@ impl Vfs {
         let file = self.handle_file(fh)?;
         self.handles.lock().remove(&fh);
         self.read_ends.lock().remove(&fh);
+        file.io.lock().release(fh);
         let mut state = file.state.lock();
         let committed = self.commit_locked(&file, &mut state);
         if file.handles.load(Ordering::SeqCst) == 1 {

@@ -1,14 +1,15 @@
 //! The `fuser::Filesystem` adapter: translates kernel requests into [`Vfs`] calls and results
 //! into replies. No filesystem logic lives here.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    AccessFlags, BackingId, BsdFileFlags, Config, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
@@ -18,6 +19,7 @@ use store::NodeKind;
 
 use crate::attr::{Attr, Caller, SetAttr, SetTime};
 use crate::errno::Errno;
+use crate::files::Passthrough;
 use crate::metrics::Op;
 use crate::vfs::{ChangeListener, Vfs};
 
@@ -34,6 +36,77 @@ pub struct MountConfig {
 
 pub struct FuseAdapter {
     vfs: Arc<Vfs>,
+    /// Each inode's backing file registration, shared by all its passthrough handles: the
+    /// kernel refuses a second backing file for an inode while one is in use.
+    backings: Mutex<HashMap<u64, (u64, Weak<BackingId>)>>,
+    /// The registration each passthrough handle holds until its release.
+    handle_backings: Mutex<HashMap<u64, Arc<BackingId>>>,
+}
+
+impl FuseAdapter {
+    pub fn new(vfs: Arc<Vfs>) -> FuseAdapter {
+        FuseAdapter {
+            vfs,
+            backings: Mutex::new(HashMap::new()),
+            handle_backings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The inode's backing registration for `pt.pack`: the live one, or a new one.
+    fn backing_for(&self, ino: u64, pt: &Passthrough, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        let mut backings = self.backings.lock();
+        if let Some((pack, live)) = backings.get(&ino) {
+            if let Some(id) = live.upgrade().filter(|_| *pack == pt.pack) {
+                return Some(id);
+            }
+        }
+        match reply.open_backing(&pt.file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                backings.insert(ino, (pt.pack, Arc::downgrade(&id)));
+                Some(id)
+            }
+            Err(e) => {
+                // EPERM without CAP_SYS_ADMIN: stop asking; the daemon serves reads itself.
+                tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads go through the daemon");
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    self.vfs.set_passthrough(false);
+                }
+                None
+            }
+        }
+    }
+
+    /// Replies to an open, passing the handle through to its pack where the core chose that.
+    fn reply_open(&self, ino: u64, mut opened: crate::files::Opened, reply: ReplyOpen) {
+        let fh = opened.fh;
+        if let Some(pt) = opened.passthrough.take() {
+            if let Some(id) = self.backing_for(ino, &pt, &reply) {
+                // Recorded before the reply: the release may follow at once.
+                self.handle_backings.lock().insert(fh, id.clone());
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                return;
+            }
+            self.vfs.passthrough_refused(fh);
+            opened.direct_io = true;
+        }
+        reply.opened(FileHandle(fh), open_flags(&opened));
+    }
+
+    /// Drops a released handle's backing registration (closed once no handle holds it).
+    fn release_backing(&self, ino: u64, fh: u64) {
+        let Some(id) = self.handle_backings.lock().remove(&fh) else {
+            return;
+        };
+        let mut backings = self.backings.lock();
+        drop(id);
+        if backings
+            .get(&ino)
+            .is_some_and(|(_, live)| live.strong_count() == 0)
+        {
+            backings.remove(&ino);
+        }
+    }
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -98,7 +171,7 @@ fn set_time(t: TimeOrNow) -> SetTime {
     }
 }
 
-fn open_flags(opened: crate::files::Opened) -> FopenFlags {
+fn open_flags(opened: &crate::files::Opened) -> FopenFlags {
     if opened.direct_io {
         FopenFlags::FOPEN_DIRECT_IO
     } else if opened.keep_cache {
@@ -192,9 +265,14 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_PASSTHROUGH;
         let granted = wanted & config.capabilities();
+        // Backing files (packs) sit on a plain disk filesystem: one level of stacking.
+        let _ = config.set_max_stack_depth(1);
         let _ = config.add_capabilities(granted);
+        self.vfs
+            .set_passthrough(granted.contains(InitFlags::FUSE_PASSTHROUGH));
         // Hot files are read around the page cache only where that keeps mmap working.
         self.vfs
             .set_direct_io_maps(granted.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP));
@@ -371,7 +449,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.timed(Op::Open, |vfs| vfs.open_as(ino.0, flags.0, caller(req))) {
-            Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o)),
+            Ok(o) => self.reply_open(ino.0, o, reply),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -436,13 +514,14 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.release_backing(ino.0, fh.0);
         match self.timed(Op::Release, |vfs| vfs.release(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -629,7 +708,7 @@ impl Filesystem for FuseAdapter {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),
-                open_flags(o),
+                open_flags(&o),
             ),
             Err(e) => reply.error(errno(e)),
         }
@@ -661,7 +740,7 @@ pub fn mount(
     fuse_config.n_threads = Some(config.threads.max(1));
     let (sender, receiver) = std::sync::mpsc::channel();
     let weak = Arc::downgrade(&vfs);
-    let session = fuser::Session::new(FuseAdapter { vfs: vfs.clone() }, mountpoint, &fuse_config)?;
+    let session = fuser::Session::new(FuseAdapter::new(vfs.clone()), mountpoint, &fuse_config)?;
     let notifier = session.notifier();
     std::thread::Builder::new()
         .name("mlxfs-invalidate".into())

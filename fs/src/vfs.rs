@@ -76,6 +76,9 @@ pub struct Vfs {
     /// The kernel maps files opened with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP), so hot files
     /// may be opened that way (see `files::HOT_FILE_WINDOW_NS`).
     pub(crate) direct_io_maps: std::sync::atomic::AtomicBool,
+    /// The kernel passes reads of some files through to a pack (FUSE_PASSTHROUGH; see
+    /// `files::Passthrough`).
+    pub(crate) passthrough: std::sync::atomic::AtomicBool,
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
@@ -131,6 +134,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             read_ends: Mutex::new(HashMap::new()),
             direct_io_maps: std::sync::atomic::AtomicBool::new(false),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             listener: Mutex::new(None),

@@ -382,7 +382,7 @@ impl Store {
     /// Those reads are not checked against the chunk ids as the daemon's reads are; `mlxfs
     /// verify` checks the pack. A pack gc deletes later stays readable through the descriptor,
     /// unchanged: gc writes moved chunks elsewhere and never rewrites a pack in place.
-    pub fn passthrough_pack(&self, content: i64, size: u64) -> Result<Option<File>> {
+    pub fn passthrough_pack(&self, content: i64, size: u64) -> Result<Option<(u64, File)>> {
         let Some((pack, content_size)) =
             self.catalog.read(|tx| tx.pack_equal_to_content(content))?
         else {
@@ -403,7 +403,7 @@ impl Store {
             .ctx(|| format!("stat {}", path.display()))?
             .len();
         // Longer on disk: uncommitted bytes a crash left, dropped at the next start.
-        Ok((len == size).then_some(file))
+        Ok((len == size).then_some((pack, file)))
     }
 
     /// [`Store::read`] for a read that does not continue the previous one (mmap faults, pread
@@ -714,7 +714,7 @@ mod tests {
         };
         let data = random(3 << 20, 11);
         let whole = commit(&data);
-        let mut file = store
+        let (_, mut file) = store
             .passthrough_pack(whole, data.len() as u64)
             .unwrap()
             .unwrap();
