@@ -121,6 +121,8 @@ class Mount:
         self.allow_other = allow_other
         self.pid: int | None = None
         self.mount_count = 0
+        # More `mlxfs mount` flags for the next start (e.g. ["--verify-reads"]).
+        self.extra_args: list[str] = []
 
     # -- running the CLI ----------------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class Mount:
         args = ["mount", str(self.mountpoint), "--daemon"]
         if self.allow_other:
             args.append("--allow-other")
+        args.extend(self.extra_args)
         self.cli(*args)
         assert self.mounted, f"`mlxfs mount --daemon` exited 0 but {self.mountpoint} is not a " \
                              f"mount point\n{self.log_tail()}"

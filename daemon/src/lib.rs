@@ -51,6 +51,8 @@ pub struct MountRequest {
     pub store: PathBuf,
     pub mountpoint: PathBuf,
     pub allow_other: bool,
+    /// Every read is served and checked by the daemon: no FUSE passthrough.
+    pub verify_reads: bool,
     pub store_options: StoreOptions,
     /// Serve Prometheus text at `/metrics` on this address.
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -173,6 +175,7 @@ fn serve(
     let vfs = Arc::new(fs::Vfs::new(store.clone()).map_err(DaemonError::Fs)?);
     let config = fs::fuse::MountConfig {
         allow_other: request.allow_other,
+        passthrough: !request.verify_reads,
         threads: fs::platform::worker_threads(),
     };
     let session = fs::fuse::mount(vfs.clone(), &mountpoint, &config).map_err(|source| {

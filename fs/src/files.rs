@@ -5,10 +5,10 @@
 //! chunked, deduplicated and committed in one catalog transaction. Writing to a committed file
 //! copies it to staging first, so files sharing its chunks are untouched (copy-on-write).
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -48,10 +48,12 @@ pub(crate) struct OpenFile {
 }
 
 /// How the kernel reads an inode's open handles. It fails an open (EIO, at the caller) that
-/// would put a passthrough handle beside one reading through the page cache, or a second backing
-/// file beside the first; and a direct-I/O handle that is mmapped joins the page cache. So a
+/// would put a passthrough handle beside one of any other kind, or a second backing file beside
+/// the first; and it would send a passthrough handle's writes to the pack itself. So a
 /// passthrough handle is given only while every open handle of the inode is one on the same
-/// pack, and while one is, other handles read and write around the page cache.
+/// pack; while one is, opening the inode for writing fails with ETXTBSY (as writing a running
+/// executable does; replacing the file by rename works), and other read-only opens are
+/// passthrough handles too (or, if the inode's content changed since, fail like a writer).
 #[derive(Default)]
 struct IoModes {
     /// Handles that are not passthrough.
@@ -245,17 +247,23 @@ impl Vfs {
         let passthrough = (!writing && !staged && !hot)
             .then(|| self.passthrough_for(&inode))
             .flatten();
-        let (direct_io, passthrough) = {
+        let passthrough = {
             let mut io = file.io.lock();
             match passthrough {
                 Some(pt) if io.other == 0 && io.pack.is_none_or(|p| p == pt.pack) => {
                     io.pack = Some(pt.pack);
                     io.passthrough.insert(fh);
-                    (false, Some(pt))
+                    Some(pt)
+                }
+                _ if !io.passthrough.is_empty() => {
+                    drop(io);
+                    self.handles.lock().remove(&fh);
+                    self.unhold_file(&file);
+                    return Err(Errno(libc::ETXTBSY));
                 }
                 _ => {
                     io.other += 1;
-                    (!io.passthrough.is_empty() || (hot && !writable), None)
+                    None
                 }
             }
         };
@@ -268,7 +276,7 @@ impl Vfs {
         Ok(Opened {
             fh,
             keep_cache: !staged && flags & libc::O_TRUNC == 0,
-            direct_io,
+            direct_io: hot && !writable,
             passthrough,
         })
     }

@@ -9,10 +9,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, Config, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Config, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 use parking_lot::Mutex;
 use store::NodeKind;
@@ -31,11 +32,15 @@ pub const MAX_IO: u32 = 1 << 20;
 
 pub struct MountConfig {
     pub allow_other: bool,
+    /// Ask the kernel to read eligible files straight from their packs (see files::Passthrough).
+    pub passthrough: bool,
     pub threads: usize,
 }
 
 pub struct FuseAdapter {
     vfs: Arc<Vfs>,
+    /// Whether to ask the kernel for FUSE_PASSTHROUGH at init.
+    want_passthrough: bool,
     /// Each inode's backing file registration, shared by all its passthrough handles: the
     /// kernel refuses a second backing file for an inode while one is in use.
     backings: Mutex<HashMap<u64, (u64, Weak<BackingId>)>>,
@@ -44,9 +49,10 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
-    pub fn new(vfs: Arc<Vfs>) -> FuseAdapter {
+    pub fn new(vfs: Arc<Vfs>, want_passthrough: bool) -> FuseAdapter {
         FuseAdapter {
             vfs,
+            want_passthrough,
             backings: Mutex::new(HashMap::new()),
             handle_backings: Mutex::new(HashMap::new()),
         }
@@ -259,14 +265,16 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(MAX_IO);
         // HANDLE_KILLPRIV_V2: we clear setuid/setgid ourselves on write, so the kernel does not
         // ask getxattr("security.capability") before every write.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
-            | InitFlags::FUSE_PASSTHROUGH;
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        if self.want_passthrough {
+            wanted |= InitFlags::FUSE_PASSTHROUGH;
+        }
         let granted = wanted & config.capabilities();
         // Backing files (packs) sit on a plain disk filesystem: one level of stacking.
         let _ = config.set_max_stack_depth(1);
@@ -740,7 +748,11 @@ pub fn mount(
     fuse_config.n_threads = Some(config.threads.max(1));
     let (sender, receiver) = std::sync::mpsc::channel();
     let weak = Arc::downgrade(&vfs);
-    let session = fuser::Session::new(FuseAdapter::new(vfs.clone()), mountpoint, &fuse_config)?;
+    let session = fuser::Session::new(
+        FuseAdapter::new(vfs.clone(), config.passthrough),
+        mountpoint,
+        &fuse_config,
+    )?;
     let notifier = session.notifier();
     std::thread::Builder::new()
         .name("mlxfs-invalidate".into())

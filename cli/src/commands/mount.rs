@@ -17,6 +17,11 @@ pub struct MountArgs {
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     pub allow_other: bool,
+    /// Check every read against the chunk ids in the daemon. Without it, big files whose
+    /// chunks were all new are read by the kernel straight from their pack file (FUSE
+    /// passthrough: as fast as the disk, checked by `mlxfs verify` rather than per read).
+    #[arg(long)]
+    pub verify_reads: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -46,6 +51,7 @@ pub fn run(store: &Path, args: &MountArgs) -> Result<i32> {
         store: store.to_path_buf(),
         mountpoint: args.mountpoint.clone(),
         allow_other: args.allow_other,
+        verify_reads: args.verify_reads,
         store_options: store::StoreOptions::from_env(),
         metrics_addr: args.metrics_addr,
         metrics_allow_remote: args.metrics_allow_remote,
@@ -99,6 +105,9 @@ fn spawn_daemon(store: &Path, args: &MountArgs) -> Result<i32> {
         .arg("--ready-pipe");
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if args.verify_reads {
+        cmd.arg("--verify-reads");
     }
     if let Some(addr) = args.metrics_addr {
         cmd.arg("--metrics-addr").arg(addr.to_string());

@@ -1,0 +1,170 @@
+"""FUSE passthrough: a big file whose chunks were all new is one raw pack, byte for byte, and
+read-only opens of it (once it is no longer hot) are read by the kernel from that pack without
+asking the daemon. Writers, rewrites, gc and --verify-reads around such readers."""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import random
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from mountlib import mount_env, mounted, read_file, write_file  # noqa: E402,F401
+
+MiB = 1 << 20
+# Past the raw-pack threshold (store::config::DEFAULT_RAW_PACK_MIN_FILE, 16 MiB).
+BIG = 24 * MiB
+# files::HOT_FILE_WINDOW_NS: a file changed this recently is not passed through.
+COOL_DOWN = 1.3
+
+
+def status(m) -> dict:
+    return json.loads(m.cli("status", "--json").stdout)
+
+
+def daemon_read_bytes(m) -> int:
+    """Bytes the daemon served (status answers are reused for a moment, so wait that out)."""
+    time.sleep(0.3)
+    return status(m)["read_bytes"]
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def raw_packs(m) -> list[str]:
+    return sorted(p for p in os.listdir(m.store / "packs") if p.endswith(".raw"))
+
+
+def test_a_big_cold_file_is_read_from_its_pack_without_the_daemon(mounted):
+    m = mounted
+    data = random.randbytes(BIG)
+    write_file(m / "big.bin", data)
+    packs = raw_packs(m)
+    assert len(packs) == 1, packs
+    assert read_file(m.store / "packs" / packs[0]) == data, "the raw pack is the file's bytes"
+    time.sleep(COOL_DOWN)
+    drop_caches()
+
+    before = daemon_read_bytes(m)
+    assert read_file(m / "big.bin") == data
+    with open(m / "big.bin", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        rng = random.Random(5)
+        for _ in range(300):
+            off = rng.randrange(0, BIG - 65536)
+            assert mm[off:off + 65536] == data[off:off + 65536], off
+        # A second handle of the same inode shares the first one's backing file.
+        with open(m / "big.bin", "rb") as g:
+            g.seek(BIG - 4096)
+            assert g.read() == data[-4096:]
+    assert daemon_read_bytes(m) == before, "the kernel read the pack itself"
+
+    # A small file still goes through the daemon (and is checked there).
+    small = random.randbytes(100_000)
+    write_file(m / "small.bin", small)
+    time.sleep(COOL_DOWN)
+    drop_caches()
+    before = daemon_read_bytes(m)
+    assert read_file(m / "small.bin") == small
+    assert daemon_read_bytes(m) - before == len(small)
+    m.stop()
+    assert m.verify().returncode == 0
+
+
+def test_verify_reads_serves_every_read_from_the_daemon(mounted):
+    m = mounted
+    m.stop()
+    m.extra_args = ["--verify-reads"]
+    m.start()
+    data = random.randbytes(BIG)
+    write_file(m / "big.bin", data)
+    time.sleep(COOL_DOWN)
+    drop_caches()
+    before = daemon_read_bytes(m)
+    assert read_file(m / "big.bin") == data
+    assert daemon_read_bytes(m) - before == BIG
+
+
+def test_writing_beside_a_passthrough_reader(mounted):
+    m = mounted
+    old = random.randbytes(BIG)
+    path = m / "f.bin"
+    write_file(path, old)
+    time.sleep(COOL_DOWN)
+    with open(path, "rb") as reader:
+        assert reader.read(MiB) == old[:MiB]
+        # The kernel would send this writer's writes to the pack: refused, as for a running
+        # executable, with nothing changed.
+        for flags in (os.O_RDWR, os.O_WRONLY | os.O_TRUNC, os.O_RDONLY | os.O_TRUNC):
+            with pytest.raises(OSError) as e:
+                os.open(path, flags)
+            assert e.value.errno == errno.ETXTBSY, flags
+        # Other readers share the passthrough.
+        assert read_file(path) == old
+        # Replacing the file by rename (how the tools update files) works at once.
+        write_file(m / "f.tmp", b"replacement")
+        os.rename(m / "f.tmp", path)
+        assert read_file(path) == b"replacement"
+        assert reader.read() == old[MiB:], "the open file keeps its bytes"
+    write_file(path, old)
+    time.sleep(COOL_DOWN)
+    with open(path, "rb") as reader:
+        assert reader.read(10) == old[:10]
+    # Once the readers are gone, writing in place works.
+    with open(path, "r+b") as w:
+        w.seek(5 * MiB)
+        w.write(b"\xAA" * 4096)
+    new = old[:5 * MiB] + b"\xAA" * 4096 + old[5 * MiB + 4096:]
+    assert read_file(path) == new
+    time.sleep(COOL_DOWN)
+    drop_caches()
+    assert read_file(path) == new, "served by the daemon: its chunks are in two packs"
+
+    # An O_TRUNC rewrite with all-new bytes gets a new raw pack, passed through once cold.
+    newer = random.randbytes(BIG + 12345)
+    write_file(path, newer)
+    assert read_file(path) == newer
+    time.sleep(COOL_DOWN)
+    drop_caches()
+    before = daemon_read_bytes(m)
+    assert read_file(path) == newer
+    assert daemon_read_bytes(m) == before
+    m.stop()
+    assert m.verify().returncode == 0
+
+
+def test_a_sparse_tail_is_not_read_from_the_pack(mounted):
+    m = mounted
+    data = random.randbytes(BIG)
+    path = m / "sparse.bin"
+    write_file(path, data)
+    os.truncate(path, BIG + MiB)
+    time.sleep(COOL_DOWN)
+    got = read_file(path)
+    assert got[:BIG] == data and got[BIG:] == bytes(MiB)
+
+
+def test_gc_while_a_passthrough_reader_holds_the_pack(mounted):
+    m = mounted
+    data = random.randbytes(BIG)
+    write_file(m / "a.bin", data)
+    time.sleep(COOL_DOWN)
+    with open(m / "a.bin", "rb") as reader:
+        assert reader.read(MiB) == data[:MiB]
+        os.unlink(m / "a.bin")
+        write_file(m / "b.bin", random.randbytes(2 * MiB))
+        m.cli("gc")
+        assert reader.read() == data[MiB:], "an open file reads its bytes to the end"
+    m.cli("gc")
+    assert raw_packs(m) == [], "the pack went once its file was gone"
+    m.stop()
+    assert m.verify().returncode == 0
