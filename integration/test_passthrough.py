@@ -168,3 +168,26 @@ def test_gc_while_a_passthrough_reader_holds_the_pack(mounted):
     assert raw_packs(m) == [], "the pack went once its file was gone"
     m.stop()
     assert m.verify().returncode == 0
+
+
+def test_damage_in_a_raw_pack(mounted):
+    m = mounted
+    data = random.randbytes(BIG)
+    write_file(m / "big.bin", data)
+    m.stop()
+    (pack,) = raw_packs(m)
+    at = 7 * MiB + 123
+    with open(m.store / "packs" / pack, "r+b") as f:
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0x01]))
+    report = m.verify()
+    assert report.returncode == 1 and "big.bin" in report.stdout.decode() + report.stderr.decode()
+
+    m.extra_args = ["--verify-reads"]
+    m.start()
+    with open(m / "big.bin", "rb") as f:
+        assert f.read(MiB) == data[:MiB], "undamaged ranges still read"
+        f.seek(at - 10)
+        with pytest.raises(OSError) as e:
+            f.read(100)
+        assert e.value.errno == errno.EIO
