@@ -108,7 +108,13 @@ def test_writing_beside_a_passthrough_reader(mounted):
             with pytest.raises(OSError) as e:
                 os.open(path, flags)
             assert e.value.errno == errno.ETXTBSY, flags
-        # Other readers share the passthrough.
+        with pytest.raises(OSError) as e:
+            os.truncate(path, 10)
+        assert e.value.errno == errno.ETXTBSY
+        # Other readers share the passthrough, also right after a metadata change made the
+        # file "hot".
+        assert read_file(path) == old
+        os.chmod(path, 0o600)
         assert read_file(path) == old
         # Replacing the file by rename (how the tools update files) works at once.
         write_file(m / "f.tmp", b"replacement")
@@ -191,3 +197,89 @@ def test_damage_in_a_raw_pack(mounted):
         with pytest.raises(OSError) as e:
             f.read(100)
         assert e.value.errno == errno.EIO
+
+
+def _version_bytes(name: str, version: int) -> bytes:
+    body = random.Random(f"{name}:{version}").randbytes(BIG - 16)
+    return version.to_bytes(16, "little") + body
+
+
+def test_readers_renames_chmods_and_gc_together(mounted):
+    """Readers (read and mmap) of big files that are replaced by rename, chmodded (hot again)
+    and collected by gc meanwhile: every handle reads exactly one version, no error."""
+    import threading
+
+    m = mounted
+    names = ["a.bin", "b.bin"]
+    for name in names:
+        write_file(m / name, _version_bytes(name, 0))
+    time.sleep(COOL_DOWN)
+    stop = time.time() + 20
+    errors: list[str] = []
+    reads = [0]
+    lock = threading.Lock()
+
+    def fail(msg: str):
+        with lock:
+            errors.append(msg)
+
+    def reader(seed: int):
+        rng = random.Random(seed)
+        cache: dict[tuple[str, int], bytes] = {}
+        while time.time() < stop and not errors:
+            name = rng.choice(names)
+            try:
+                with open(m / name, "rb") as f:
+                    version = int.from_bytes(f.read(16), "little")
+                    key = (name, version)
+                    if key not in cache:
+                        cache.clear()
+                        cache[key] = _version_bytes(name, version)
+                    want = cache[key]
+                    if rng.random() < 0.5:
+                        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+                            for _ in range(20):
+                                off = rng.randrange(0, BIG - 65536)
+                                if mm[off:off + 65536] != want[off:off + 65536]:
+                                    fail(f"{name} v{version}: mmap bytes differ at {off}")
+                    else:
+                        for _ in range(20):
+                            off = rng.randrange(0, BIG - 65536)
+                            if os.pread(f.fileno(), 65536, off) != want[off:off + 65536]:
+                                fail(f"{name} v{version}: pread bytes differ at {off}")
+                with lock:
+                    reads[0] += 1
+            except OSError as e:
+                fail(f"reader: {name}: {e}")
+
+    def replacer():
+        version = 0
+        while time.time() < stop and not errors:
+            version += 1
+            for name in names:
+                tmp = m / f".{name}.tmp"
+                try:
+                    write_file(tmp, _version_bytes(name, version))
+                    os.rename(tmp, m / name)
+                    os.chmod(m / name, 0o644 if version % 2 else 0o600)
+                except OSError as e:
+                    fail(f"replacer: {name}: {e}")
+            time.sleep(0.7)
+
+    def collector():
+        while time.time() < stop and not errors:
+            p = m.cli("gc", expect=None)
+            if p.returncode != 0:
+                fail(f"gc exited {p.returncode}: {p.stderr.decode()[-500:]}")
+            time.sleep(0.5)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=replacer), threading.Thread(target=collector)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:10]
+    assert reads[0] > 20, reads[0]
+    m.stop()
+    assert m.verify().returncode == 0

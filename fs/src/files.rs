@@ -51,9 +51,10 @@ pub(crate) struct OpenFile {
 /// would put a passthrough handle beside one of any other kind, or a second backing file beside
 /// the first; and it would send a passthrough handle's writes to the pack itself. So a
 /// passthrough handle is given only while every open handle of the inode is one on the same
-/// pack; while one is, opening the inode for writing fails with ETXTBSY (as writing a running
-/// executable does; replacing the file by rename works), and other read-only opens are
-/// passthrough handles too (or, if the inode's content changed since, fail like a writer).
+/// pack; while one is, opening the inode for writing or changing its size fails with ETXTBSY
+/// (as writing a running executable does; replacing the file by rename works), and other
+/// read-only opens are passthrough handles too (or, if the inode's content changed since, by an
+/// import while mounted, fail like a writer).
 #[derive(Default)]
 struct IoModes {
     /// Handles that are not passthrough.
@@ -244,13 +245,18 @@ impl Vfs {
             .lock()
             .insert(fh, (ino, self.metrics.file(ino)));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let passthrough = (!writing && !staged && !hot)
+        // A hot file is not passed through (its writer may come back, and would be refused),
+        // unless it already is: readers then join the handles reading its pack.
+        let passthrough = (!writing && !staged)
             .then(|| self.passthrough_for(&inode))
             .flatten();
         let passthrough = {
             let mut io = file.io.lock();
             match passthrough {
-                Some(pt) if io.other == 0 && io.pack.is_none_or(|p| p == pt.pack) => {
+                Some(pt)
+                    if io.other == 0
+                        && (io.pack == Some(pt.pack) || (io.pack.is_none() && !hot)) =>
+                {
                     io.pack = Some(pt.pack);
                     io.passthrough.insert(fh);
                     Some(pt)
@@ -590,6 +596,11 @@ impl Vfs {
             NodeKind::File => {}
         }
         let file = self.hold_file(ino);
+        if !file.io.lock().passthrough.is_empty() {
+            // Its readers read the pack, which a new size would not change (see `IoModes`).
+            self.unhold_file(&file);
+            return Err(Errno(libc::ETXTBSY));
+        }
         let mut state = file.state.lock();
         let was_staged = state.staged.is_some();
         let result = (|| {
