@@ -86,8 +86,9 @@ pub struct Packs {
     /// Raw packs still being written; [`Packs::sync`] makes them durable too, since another
     /// writer may commit a chunk it found pending in one of them.
     raw_writing: Mutex<HashMap<u64, Arc<File>>>,
-    /// Held while a new pack id is chosen and its file created.
-    creating: Mutex<()>,
+    /// The id the next new pack gets (one past the highest on disk at open; never scanned
+    /// again, so making a pack costs the same with ten thousand of them).
+    next_id: Mutex<u64>,
 }
 
 /// Asks the kernel to start writing `from..to` of a pack to disk without waiting for it
@@ -199,10 +200,11 @@ impl Packs {
             random_files: RwLock::new(HashMap::new()),
             raw: RwLock::new(HashSet::new()),
             raw_writing: Mutex::new(HashMap::new()),
-            creating: Mutex::new(()),
+            next_id: Mutex::new(1),
         };
-        *packs.raw.write() = packs
-            .scan_dir()?
+        let on_disk = packs.scan_dir()?;
+        *packs.next_id.lock() = on_disk.last().map_or(1, |(last, _)| last + 1);
+        *packs.raw.write() = on_disk
             .into_iter()
             .filter_map(|(id, raw)| raw.then_some(id))
             .collect();
@@ -340,8 +342,9 @@ impl Packs {
 
     /// Creates the file of a new pack with the next free id.
     fn create_file(&self, raw: bool) -> Result<(u64, File, PathBuf)> {
-        let _creating = self.creating.lock();
-        let id = self.list()?.last().map_or(1, |last| last + 1);
+        let mut next_id = self.next_id.lock();
+        let id = *next_id;
+        *next_id += 1;
         let path = self.dir.join(if raw {
             raw_pack_file_name(id)
         } else {
