@@ -897,9 +897,9 @@ def _resident_bytes_under(root: Path) -> int:
     return total
 
 
-def _daemon_read_bytes(mount) -> int:
+def _daemon_read_requests(mount) -> int:
     time.sleep(0.1)  # status answers are reused for 20 ms
-    return json.loads(mount.cli("status", "--json").stdout)["read_bytes"]
+    return json.loads(mount.cli("status", "--json").stdout)["ops"]["read"]["count"]
 
 
 def test_page_cache_holds_the_bytes_once(clients_py, mount_env, hub, tmp_path):
@@ -928,7 +928,7 @@ def test_page_cache_holds_the_bytes_once(clients_py, mount_env, hub, tmp_path):
     # the daemon keeps mapped survive drop_caches, so Cached alone can miss them).
     mib = 1 << 20
     attempts = []
-    daemon_read_before = _daemon_read_bytes(me.mount)
+    daemon_read_before = _daemon_read_requests(me.mount)
     for _ in range(3):
         _drop_caches()
         time.sleep(2)  # let running programs fault their code and data back in
@@ -956,7 +956,7 @@ def test_page_cache_holds_the_bytes_once(clients_py, mount_env, hub, tmp_path):
     else:
         raise AssertionError("the page cache holds the bytes twice (Cached rose by >= 1.5x the "
                              "file size in each of 3 tries):\n  " + "\n  ".join(attempts))
-    if _daemon_read_bytes(me.mount) == daemon_read_before:
+    if _daemon_read_requests(me.mount) == daemon_read_before:
         # FUSE passthrough: the kernel read the file from its pack, so the mounted file's pages
         # are the pack's pages, counted by both mincore() measurements.
         store_cached = max(0.0, store_cached - file_cached)

@@ -107,6 +107,10 @@ pub struct StatusReport {
     /// Nanoseconds since the epoch when the daemon mounted.
     pub started: Option<i64>,
     pub uptime_secs: f64,
+    /// Whether the kernel reads eligible files straight from their packs (FUSE passthrough;
+    /// off with `mount --verify-reads`, or when the kernel lacks it).
+    #[serde(default)]
+    pub passthrough: bool,
     /// Nanoseconds since the epoch when this report was made.
     pub at: i64,
     pub read_bytes: u64,

@@ -160,6 +160,7 @@ impl Reporter {
 
     /// Total bytes read and written so far.
     pub fn totals(&self) -> (u64, u64) {
+        self.vfs.count_passthrough_reads(false);
         let m = &self.vfs.metrics;
         (
             m.read_bytes.load(Ordering::Relaxed),
@@ -261,6 +262,7 @@ impl Reporter {
 
     /// The report, as of now.
     pub fn status(&self) -> StatusReport {
+        self.vfs.count_passthrough_reads(true);
         let info = self.info.lock().clone();
         // Totals are one row kept by triggers: read them afresh when the namespace moved, so a
         // file just closed counts at once (the model list keeps its own, slower refresh).
@@ -303,6 +305,7 @@ impl Reporter {
         r.socket = info.socket.as_ref().map(|p| p.display().to_string());
         r.started = Some(info.started);
         r.uptime_secs = now.duration_since(self.started_at).as_secs_f64();
+        r.passthrough = self.vfs.passthrough_enabled();
         r.at = store::namespace::now_ns();
         r.read_bytes = read;
         r.written_bytes = written;

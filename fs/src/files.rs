@@ -257,6 +257,10 @@ impl Vfs {
                     if io.other == 0
                         && (io.pack == Some(pt.pack) || (io.pack.is_none() && !hot)) =>
                 {
+                    if io.passthrough.is_empty() {
+                        self.passthrough_meter
+                            .opened(ino, &pt.file, self.metrics.file(ino));
+                    }
                     io.pack = Some(pt.pack);
                     io.passthrough.insert(fh);
                     Some(pt)
@@ -309,8 +313,21 @@ impl Vfs {
             return;
         };
         let mut io = file.io.lock();
-        io.release(fh);
+        if io.release(fh) {
+            self.passthrough_meter.closed(file.ino, &self.metrics);
+        }
         io.other += 1;
+    }
+
+    /// Counts what the kernel read by passthrough since the last look (see `passthrough.rs`):
+    /// `now` for a status report, else at most a few times a second (the throughput sampler).
+    pub fn count_passthrough_reads(&self, now: bool) {
+        self.passthrough_meter.look(&self.metrics, now);
+    }
+
+    /// Whether read-only opens may be passed through to packs (see [`Passthrough`]).
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
     }
 
     /// Called by the FUSE adapter once the kernel said whether it passes files through.
@@ -735,7 +752,9 @@ impl Vfs {
         let file = self.handle_file(fh)?;
         self.handles.lock().remove(&fh);
         self.read_ends.lock().remove(&fh);
-        file.io.lock().release(fh);
+        if file.io.lock().release(fh) {
+            self.passthrough_meter.closed(file.ino, &self.metrics);
+        }
         let mut state = file.state.lock();
         let committed = self.commit_locked(&file, &mut state);
         if file.handles.load(Ordering::SeqCst) == 1 {

@@ -6,6 +6,7 @@ pub mod errno;
 pub mod files;
 pub mod fuse;
 pub mod metrics;
+mod passthrough;
 pub mod platform;
 pub mod stats;
 pub mod vfs;

@@ -79,6 +79,8 @@ pub struct Vfs {
     /// The kernel passes reads of some files through to a pack (FUSE_PASSTHROUGH; see
     /// `files::Passthrough`).
     pub(crate) passthrough: std::sync::atomic::AtomicBool,
+    /// Counts what the kernel reads by passthrough (the daemon never sees those reads).
+    pub(crate) passthrough_meter: crate::passthrough::PassthroughMeter,
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
@@ -135,6 +137,7 @@ impl Vfs {
             read_ends: Mutex::new(HashMap::new()),
             direct_io_maps: std::sync::atomic::AtomicBool::new(false),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            passthrough_meter: Default::default(),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             listener: Mutex::new(None),

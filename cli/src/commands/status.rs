@@ -163,10 +163,15 @@ pub fn run(store_dir: &Path, args: &StatusArgs) -> Result<i32> {
             "read".into(),
             human::bytes(status.read_bytes),
             format!(
-                "{} now, {} over 10 s, {} over 60 s",
+                "{} now, {} over 10 s, {} over 60 s{}",
                 rate(status.read_bytes_per_sec),
                 rate(t.s10.read_bytes_per_sec),
-                rate(t.s60.read_bytes_per_sec)
+                rate(t.s60.read_bytes_per_sec),
+                if status.passthrough {
+                    ""
+                } else {
+                    " (every read checked: no passthrough)"
+                }
             ),
         ]);
         rows.push(vec![
