@@ -238,6 +238,27 @@ impl Packs {
         }
     }
 
+    /// Removes index files whose raw pack is gone (a crash between removing the two).
+    pub fn remove_orphan_indexes(&self) -> Result<()> {
+        for entry in
+            std::fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))?
+        {
+            let entry = entry.ctx(|| format!("listing {}", self.dir.display()))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".index"))
+                .and_then(|stem| stem.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !self.is_raw(id) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
     /// Pack ids present on disk, ascending.
     pub fn list(&self) -> Result<Vec<u64>> {
         Ok(self.scan_dir()?.into_iter().map(|(id, _)| id).collect())

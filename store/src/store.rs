@@ -228,7 +228,7 @@ impl Store {
                 Some(_) => {}
             }
         }
-        Ok(())
+        self.packs.remove_orphan_indexes()
     }
 
     /// A few MiB held back on the store's disk, released when the disk fills up so that
@@ -782,5 +782,14 @@ mod tests {
             .join("packs")
             .join(crate::pack::raw_index_file_name(before[1]));
         assert!(!index.exists(), "the dropped pack's index went with it");
+        // An index left without its pack (a crash between the two removals) goes at open.
+        let stray = tmp
+            .path()
+            .join("packs")
+            .join(crate::pack::raw_index_file_name(999));
+        std::fs::write(&stray, b"MLXFSIX1").unwrap();
+        drop(store);
+        let _store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+        assert!(!stray.exists());
     }
 }
