@@ -43,8 +43,25 @@ pub fn effective_params(cfg: &ChunkerConfig) -> (usize, usize, usize) {
 /// Works on the slice in place (it is normally a memory map of a multi-GB file): nothing is
 /// copied, and memory use is the output vector.
 pub fn chunk_spans(data: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkSpan> {
+    let (_, avg, _) = effective_params(cfg);
+    let mut spans = Vec::with_capacity(data.len() / avg + 1);
+    let done: Result<(), std::convert::Infallible> = for_each_chunk_span(data, cfg, |s| {
+        spans.push(s);
+        Ok(())
+    });
+    let Ok(()) = done;
+    spans
+}
+
+/// [`chunk_spans`], handing each span to `each` as soon as it is cut (in order), so the caller's
+/// work on a chunk overlaps with reading the next from disk. Stops at `each`'s first error.
+pub fn for_each_chunk_span<E>(
+    data: &[u8],
+    cfg: &ChunkerConfig,
+    mut each: impl FnMut(ChunkSpan) -> Result<(), E>,
+) -> Result<(), E> {
     if data.is_empty() {
-        return Vec::new();
+        return Ok(());
     }
     let (min, avg, max) = effective_params(cfg);
     let cuts = if cfg.tensor_aware {
@@ -52,7 +69,6 @@ pub fn chunk_spans(data: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkSpan> {
     } else {
         Vec::new()
     };
-    let mut spans = Vec::with_capacity(data.len() / avg + cuts.len() + 1);
     let mut cdc = FastCDC::new(&data[..0], min, avg, max);
     let mut seg_start = 0usize;
     // forced_cuts are sorted and strictly inside (0, len), so the segments are non-empty and
@@ -65,16 +81,15 @@ pub fn chunk_spans(data: &[u8], cfg: &ChunkerConfig) -> Vec<ChunkSpan> {
         let seg = &data[seg_start..seg_end];
         if seg.len() <= min {
             // FastCDC would return the same single chunk; this skips its setup.
-            spans.push(span(seg_start, seg.len()));
+            each(span(seg_start, seg.len()))?;
         } else {
-            spans.extend(
-                cdc.rechunk(seg)
-                    .map(|c| span(seg_start + c.offset, c.length)),
-            );
+            for c in cdc.rechunk(seg) {
+                each(span(seg_start + c.offset, c.length))?;
+            }
         }
         seg_start = seg_end;
     }
-    spans
+    Ok(())
 }
 
 fn span(offset: usize, len: usize) -> ChunkSpan {

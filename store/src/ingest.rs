@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
 use crate::blocks::hash_chunk;
-use crate::chunker::chunk_spans;
+use crate::chunker::{chunk_spans, for_each_chunk_span};
 use crate::content::{PreparedChunk, PreparedContent};
 use crate::error::{IoContext, Result};
 use crate::pack::RawPackWriter;
@@ -98,13 +98,13 @@ impl Store {
     }
 
     fn store_chunks(&self, data: &[u8]) -> Result<(Vec<PreparedChunk>, u64)> {
-        let spans = chunk_spans(data, &self.options.chunker);
-        let mut chunks = Vec::with_capacity(spans.len());
+        let mut chunks = Vec::with_capacity(data.len() / self.options.chunker.avg_size + 1);
         let mut new_bytes = 0u64;
         // A big file's new chunks go to a raw pack of its own, made at its first new chunk.
         let own_pack = data.len() as u64 >= self.options.raw_pack_min_file;
         let mut raw: Option<RawPackWriter> = None;
-        for span in spans {
+        // Each chunk is hashed and stored as soon as it is cut, while the disk reads ahead.
+        for_each_chunk_span(data, &self.options.chunker, |span| -> Result<()> {
             let start = span.offset as usize;
             let bytes = &data[start..start + span.len as usize];
             let (hash, cvs) = hash_chunk(bytes);
@@ -130,7 +130,8 @@ impl Store {
                 cvs,
                 location,
             });
-        }
+            Ok(())
+        })?;
         if let Some(writer) = raw {
             writer.finish()?;
         }

@@ -61,7 +61,7 @@ impl std::ops::Deref for ChunkBytes {
 
 struct ActivePack {
     id: u64,
-    file: File,
+    file: Arc<File>,
     len: u64,
     /// Appended bytes before this offset have been handed to the disk (see `start_writeback`).
     writeback_from: u64,
@@ -89,6 +89,39 @@ pub struct Packs {
     /// The id the next new pack gets (one past the highest on disk at open; never scanned
     /// again, so making a pack costs the same with ten thousand of them).
     next_id: Mutex<u64>,
+    writeback: Writeback,
+}
+
+/// Starts the disk writing appended pack bytes on a thread of its own: `sync_file_range`
+/// blocks while the device's queue is full, and the writer should be hashing meanwhile.
+#[derive(Default)]
+struct Writeback {
+    queue: Mutex<Option<std::sync::mpsc::Sender<(Arc<File>, u64, u64)>>>,
+}
+
+impl Writeback {
+    fn start(&self, file: &Arc<File>, from: u64, to: u64) {
+        let mut queue = self.queue.lock();
+        if queue.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<(Arc<File>, u64, u64)>();
+            let spawned = std::thread::Builder::new()
+                .name("mlxfs-writeback".into())
+                .spawn(move || {
+                    for (file, from, to) in rx {
+                        start_writeback(&file, from, to);
+                    }
+                });
+            if spawned.is_ok() {
+                *queue = Some(tx);
+            }
+        }
+        let queued = queue
+            .as_ref()
+            .is_some_and(|tx| tx.send((file.clone(), from, to)).is_ok());
+        if !queued {
+            start_writeback(file, from, to);
+        }
+    }
 }
 
 /// Asks the kernel to start writing `from..to` of a pack to disk without waiting for it
@@ -201,6 +234,7 @@ impl Packs {
             raw: RwLock::new(HashSet::new()),
             raw_writing: Mutex::new(HashMap::new()),
             next_id: Mutex::new(1),
+            writeback: Writeback::default(),
         };
         let on_disk = packs.scan_dir()?;
         *packs.next_id.lock() = on_disk.last().map_or(1, |(last, _)| last + 1);
@@ -313,7 +347,8 @@ impl Packs {
         }
         pack.len = record_start + RECORD_HEADER_LEN + len as u64;
         if pack.len - pack.writeback_from >= WRITEBACK_BATCH {
-            start_writeback(&pack.file, pack.writeback_from, pack.len);
+            self.writeback
+                .start(&pack.file, pack.writeback_from, pack.len);
             pack.writeback_from = pack.len;
         }
         Ok(ChunkLocation {
@@ -416,7 +451,7 @@ impl Packs {
         sync_dir(&self.dir)?;
         Ok(ActivePack {
             id,
-            file,
+            file: Arc::new(file),
             len: PACK_HEADER_LEN,
             writeback_from: PACK_HEADER_LEN,
         })
@@ -614,7 +649,9 @@ impl RawPackWriter<'_> {
         self.index.extend_from_slice(hash);
         self.index.extend_from_slice(&len.to_le_bytes());
         if self.len - self.writeback_from >= WRITEBACK_BATCH {
-            start_writeback(&self.file, self.writeback_from, self.len);
+            self.packs
+                .writeback
+                .start(&self.file, self.writeback_from, self.len);
             self.writeback_from = self.len;
         }
         Ok(ChunkLocation {
