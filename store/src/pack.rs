@@ -96,14 +96,17 @@ pub struct Packs {
 /// blocks while the device's queue is full, and the writer should be hashing meanwhile.
 #[derive(Default)]
 struct Writeback {
-    queue: Mutex<Option<std::sync::mpsc::Sender<(Arc<File>, u64, u64)>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<WritebackRange>>>,
 }
+
+/// A range of a pack to start writing: the pack, from, to.
+type WritebackRange = (Arc<File>, u64, u64);
 
 impl Writeback {
     fn start(&self, file: &Arc<File>, from: u64, to: u64) {
         let mut queue = self.queue.lock();
         if queue.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<(Arc<File>, u64, u64)>();
+            let (tx, rx) = std::sync::mpsc::channel::<WritebackRange>();
             let spawned = std::thread::Builder::new()
                 .name("mlxfs-writeback".into())
                 .spawn(move || {
