@@ -108,9 +108,8 @@ struct Staged {
 pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
-    /// Bypass the page cache: `/.mlxfs/stats.json`, whose size changes between opens,
-    /// read-only opens of a file that is hot (see [`HOT_FILE_WINDOW_NS`]), and any handle of
-    /// an inode with passthrough handles open (see `IoModes`).
+    /// Bypass the page cache: `/.mlxfs/stats.json`, whose size changes between opens, and
+    /// read-only opens of a file that is hot (see [`HOT_FILE_WINDOW_NS`]).
     pub direct_io: bool,
     /// Let the kernel read this read-only handle from a pack directly.
     pub passthrough: Option<Passthrough>,
@@ -238,43 +237,22 @@ impl Vfs {
             }
         };
         let staged = file.state.lock().staged.is_some();
-        let hot = (staged || now_ns().saturating_sub(inode.ctime) < HOT_FILE_WINDOW_NS)
-            && self.direct_io_maps.load(Ordering::Relaxed);
+        let changed_lately = staged || now_ns().saturating_sub(inode.ctime) < HOT_FILE_WINDOW_NS;
+        let hot = changed_lately && self.direct_io_maps.load(Ordering::Relaxed);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .insert(fh, (ino, self.metrics.file(ino)));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        // A hot file is not passed through (its writer may come back, and would be refused),
-        // unless it already is: readers then join the handles reading its pack.
-        let passthrough = (!writing && !staged)
+        let candidate = (!writing && !staged)
             .then(|| self.passthrough_for(&inode))
             .flatten();
-        let passthrough = {
-            let mut io = file.io.lock();
-            match passthrough {
-                Some(pt)
-                    if io.other == 0
-                        && (io.pack == Some(pt.pack) || (io.pack.is_none() && !hot)) =>
-                {
-                    if io.passthrough.is_empty() {
-                        self.passthrough_meter
-                            .opened(ino, &pt.file, self.metrics.file(ino));
-                    }
-                    io.pack = Some(pt.pack);
-                    io.passthrough.insert(fh);
-                    Some(pt)
-                }
-                _ if !io.passthrough.is_empty() => {
-                    drop(io);
-                    self.handles.lock().remove(&fh);
-                    self.unhold_file(&file);
-                    return Err(Errno(libc::ETXTBSY));
-                }
-                _ => {
-                    io.other += 1;
-                    None
-                }
+        let passthrough = match self.admit_handle(&file, fh, candidate, changed_lately) {
+            Ok(passthrough) => passthrough,
+            Err(e) => {
+                self.handles.lock().remove(&fh);
+                self.unhold_file(&file);
+                return Err(e);
             }
         };
         if writable && flags & libc::O_TRUNC != 0 {
@@ -291,7 +269,40 @@ impl Vfs {
         })
     }
 
-    /// The raw pack a read-only open of this committed, cold inode can be passed through to.
+    /// Counts a new handle in the inode's `IoModes`: a passthrough handle on `candidate`'s pack
+    /// where that is allowed, else a handle the daemon serves, unless the inode has passthrough
+    /// handles, which only other passthrough handles on the same pack may join (ETXTBSY).
+    /// A hot file is not passed through (its writer may come back, and would be refused),
+    /// unless it already is.
+    fn admit_handle(
+        &self,
+        file: &OpenFile,
+        fh: u64,
+        candidate: Option<Passthrough>,
+        hot: bool,
+    ) -> FsResult<Option<Passthrough>> {
+        let mut io = file.io.lock();
+        match candidate {
+            Some(pt)
+                if io.other == 0 && (io.pack == Some(pt.pack) || (io.pack.is_none() && !hot)) =>
+            {
+                if io.passthrough.is_empty() {
+                    self.passthrough_meter
+                        .opened(file.ino, &pt.file, self.metrics.file(file.ino));
+                }
+                io.pack = Some(pt.pack);
+                io.passthrough.insert(fh);
+                Ok(Some(pt))
+            }
+            _ if !io.passthrough.is_empty() => Err(Errno(libc::ETXTBSY)),
+            _ => {
+                io.other += 1;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The raw pack a read-only open of this committed inode could be passed through to.
     fn passthrough_for(&self, inode: &Inode) -> Option<Passthrough> {
         if !self.passthrough.load(Ordering::Relaxed) {
             return None;

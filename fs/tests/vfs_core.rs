@@ -400,3 +400,64 @@ fn views_show_sources_with_their_inode_and_keep_them_read_only() {
     assert!(real.ino < fs::views::VIRTUAL_BASE);
     assert_eq!(read_all(&vfs, real.ino), b"{\"real\":true}");
 }
+
+#[test]
+fn passthrough_handles_share_one_pack_and_keep_writers_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        raw_pack_min_file: 1 << 20,
+        ..StoreOptions::default()
+    };
+    let vfs = Vfs::new(Arc::new(Store::open(dir.path(), options).unwrap())).unwrap();
+    vfs.set_passthrough(true);
+    let hf = vfs.lookup(ROOT_INO, b"huggingface").unwrap();
+    let data = pseudo_random(3 << 20, 9);
+    let ino = write_file(&vfs, hf.ino, b"big", &data);
+    let small = write_file(&vfs, hf.ino, b"small", &data[..100_000]);
+
+    // Just written: hot, so read through the daemon (and that handle keeps it so).
+    let hot = vfs.open(ino, libc::O_RDONLY).unwrap();
+    assert!(hot.passthrough.is_none());
+    vfs.release(hot.fh).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let first = vfs.open(ino, libc::O_RDONLY).unwrap();
+    let pt = first
+        .passthrough
+        .as_ref()
+        .expect("a cold big file is passed through");
+    let mut on_disk = Vec::new();
+    std::io::Read::read_to_end(&mut &pt.file, &mut on_disk).unwrap();
+    assert!(on_disk == data, "the backing file is the file's bytes");
+    let second = vfs.open(ino, libc::O_RDONLY).unwrap();
+    assert_eq!(second.passthrough.as_ref().map(|p| p.pack), Some(pt.pack));
+    assert!(vfs
+        .open(small, libc::O_RDONLY)
+        .unwrap()
+        .passthrough
+        .is_none());
+
+    for flags in [libc::O_RDWR, libc::O_WRONLY | libc::O_TRUNC] {
+        assert_eq!(vfs.open(ino, flags).unwrap_err(), Errno(libc::ETXTBSY));
+    }
+    let truncate = SetAttr {
+        size: Some(1),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        vfs.setattr(ino, truncate, caller()).unwrap_err(),
+        Errno(libc::ETXTBSY)
+    );
+    vfs.release(first.fh).unwrap();
+    vfs.release(second.fh).unwrap();
+
+    // Once they are closed, writers are welcome, and the rewritten file is hot again.
+    let writer = vfs.open(ino, libc::O_RDWR).unwrap();
+    assert!(writer.passthrough.is_none());
+    vfs.write(ino, writer.fh, 0, b"changed", false).unwrap();
+    vfs.release(writer.fh).unwrap();
+    let reader = vfs.open(ino, libc::O_RDONLY).unwrap();
+    assert!(reader.passthrough.is_none());
+    vfs.release(reader.fh).unwrap();
+    assert_eq!(&read_all(&vfs, ino)[..7], b"changed");
+}
