@@ -23,11 +23,18 @@ pub struct Digests {
 }
 
 pub fn digests(data: &[u8]) -> Digests {
+    // Both digests take each piece while it is still in the CPU cache (and, for a file read
+    // from disk, right after it arrived), rather than one pass over the whole file each.
+    const PIECE: usize = 1 << 20;
     let mut sha = Sha256::new();
-    sha.update(data);
+    let mut b3 = blake3::Hasher::new();
+    for piece in data.chunks(PIECE) {
+        sha.update(piece);
+        b3.update(piece);
+    }
     Digests {
         sha256: sha.finalize().into(),
-        blake3: *blake3::hash(data).as_bytes(),
+        blake3: *b3.finalize().as_bytes(),
     }
 }
 
