@@ -272,7 +272,7 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
-        if self.want_passthrough {
+        if self.want_passthrough && crate::platform::may_pass_through() {
             wanted |= InitFlags::FUSE_PASSTHROUGH;
         }
         let granted = wanted & config.capabilities();

@@ -11,6 +11,26 @@ pub fn extra_mount_options() -> Vec<fuser::MountOption> {
     Vec::new()
 }
 
+/// Whether this process may register FUSE passthrough backing files: the kernel asks for
+/// CAP_SYS_ADMIN (root, or a binary given it with setcap), so a mount run by a plain user reads
+/// every file through the daemon.
+#[cfg(target_os = "linux")]
+pub fn may_pass_through() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn may_pass_through() -> bool {
+    false
+}
+
 /// Number of FUSE worker threads: enough that a long commit does not stall reads.
 pub fn worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
