@@ -34,6 +34,10 @@ const SEQUENTIAL_SLACK: u64 = 16 << 20;
 /// never written. Mapping such a file still works (`FUSE_DIRECT_IO_ALLOW_MMAP`).
 pub const HOT_FILE_WINDOW_NS: i64 = 1_000_000_000;
 
+/// Smaller files are not looked up for passthrough (raw packs are made for files of 16 MiB or
+/// more; see `store::config::DEFAULT_RAW_PACK_MIN_FILE`).
+const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
+
 /// Copy granularity when staging a committed file.
 const STAGE_COPY_BUF: usize = 4 << 20;
 
@@ -304,7 +308,8 @@ impl Vfs {
 
     /// The raw pack a read-only open of this committed inode could be passed through to.
     fn passthrough_for(&self, inode: &Inode) -> Option<Passthrough> {
-        if !self.passthrough.load(Ordering::Relaxed) {
+        // Small files (configs, tokenizers) are not worth the catalog query at each open.
+        if !self.passthrough.load(Ordering::Relaxed) || inode.size < PASSTHROUGH_MIN_SIZE {
             return None;
         }
         let content = inode.content?;
