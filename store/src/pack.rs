@@ -384,11 +384,6 @@ impl Packs {
         Ok(())
     }
 
-    /// Id and current length of the active pack, if any.
-    pub fn active(&self) -> Option<(u64, u64)> {
-        self.active.lock().as_ref().map(|a| (a.id, a.len))
-    }
-
     /// Closes the active pack so the next append starts a new one (gc uses this).
     pub fn seal_active(&self) -> Result<()> {
         if let Some(old) = self.active.lock().take() {
