@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 import sys
@@ -280,3 +281,40 @@ def test_persistence_across_unmount(mounted):
     assert os.stat(root / "blobs" / "sha256-a").st_nlink == 2
     mounted.stop()
     assert mounted.verify().returncode == 0
+
+
+@pytest.mark.timeout(300)
+def test_files_closed_just_before_kill9_are_committed_at_the_next_start(mounted):
+    """close(2) queues the commit (it returns before the file is chunked): a daemon killed with
+    commits still queued commits them when it starts again, renames and chmods included."""
+    m = mounted
+    d = m.path / "huggingface" / "hub" / "queued"
+    d.mkdir(parents=True)
+    files = {f"big{i}": os.urandom(48 * MiB + i * 4099) for i in range(3)}
+    files["small"] = b"small and last"
+    for name, data in files.items():
+        write_file(d / f"{name}.incomplete", data)
+        os.rename(d / f"{name}.incomplete", d / name)
+    os.chmod(d / "small", 0o600)
+    # Killed at once: at least the last big file is still being committed (a second per GiB).
+    m.kill9()
+    m.start()
+    for name, data in files.items():
+        assert read_file(d / name) == data, name
+        assert not (d / f"{name}.incomplete").exists()
+    assert stat.S_IMODE(os.stat(d / "small").st_mode) == 0o600
+    staging = m.store / "staging"
+    assert not staging.exists() or not list(staging.iterdir()), list(staging.iterdir())
+    m.stop()
+    assert m.verify().returncode == 0
+
+
+def test_status_right_after_close_counts_the_file(mounted):
+    """Status waits for queued commits: the bytes of a file closed just before are counted."""
+    m = mounted
+    before = json.loads(m.cli("status", "--json").stdout)
+    data = os.urandom(64 * MiB)
+    write_file(m.path / "huggingface" / "hub" / "counted.bin", data)
+    after = json.loads(m.cli("status", "--json").stdout)
+    assert after["logical_bytes"] - before["logical_bytes"] == len(data)
+    assert after["physical_bytes"] - before["physical_bytes"] >= len(data)

@@ -51,6 +51,7 @@ def test_a_big_cold_file_is_read_from_its_pack_without_the_daemon(mounted):
     m = mounted
     data = random.randbytes(BIG)
     write_file(m / "big.bin", data)
+    m.cli("status")  # waits for the commit the close queued
     packs = raw_packs(m)
     assert len(packs) == 1, packs
     assert read_file(m.store / "packs" / packs[0]) == data, "the raw pack is the file's bytes"
@@ -291,3 +292,28 @@ def test_readers_renames_chmods_and_gc_together(mounted):
     assert reads[0] > 20, reads[0]
     m.stop()
     assert m.verify().returncode == 0
+
+
+def test_a_writer_right_after_the_readers_closed_is_not_refused(mounted):
+    """The kernel sends a release after close(2) returns: a writer opening the file at once
+    must not meet the closed reader's passthrough handle (ETXTBSY), while a reader that is
+    still open refuses it."""
+    m = mounted
+    data = random.randbytes(BIG)
+    path = m / "f.bin"
+    write_file(path, data)
+    time.sleep(COOL_DOWN)
+    status(m)  # the write's queued commit has landed
+    requests, _ = reads(m)
+    for _ in range(30):
+        with open(path, "rb") as reader:
+            assert reader.read(4096) == data[:4096]
+        # Opened for writing, not written: the file stays passed through for the next round.
+        os.close(os.open(path, os.O_RDWR))
+    with open(path, "rb") as reader:
+        reader.read(10)
+        with pytest.raises(OSError) as e:
+            os.open(path, os.O_RDWR)
+        assert e.value.errno == errno.ETXTBSY
+    assert read_file(path) == data
+    assert reads(m)[0] == requests, "the readers were passed through, not served"

@@ -33,6 +33,8 @@ const REFRESH: Duration = Duration::from_secs(1);
 const MODELS_MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// Serialized reports younger than this are reused (many watch clients, one build).
 const REUSE: Duration = Duration::from_millis(20);
+/// How long a status report waits for queued commits of closed files.
+const STATUS_SETTLE: Duration = Duration::from_secs(5);
 
 /// Who is serving, for the report.
 #[derive(Debug, Clone)]
@@ -262,6 +264,9 @@ impl Reporter {
 
     /// The report, as of now.
     pub fn status(&self) -> StatusReport {
+        // Files closed just before count as stored: wait for their queued commits (a while:
+        // `top` asks every second, and a queue of big files takes seconds).
+        self.vfs.settle_within(STATUS_SETTLE);
         self.vfs.count_passthrough_reads(true);
         let info = self.info.lock().clone();
         // Totals are one row kept by triggers: read them afresh when the namespace moved, so a
@@ -394,6 +399,8 @@ impl Reporter {
         progress: &std::sync::atomic::AtomicU64,
     ) -> Result<String, String> {
         let _one_job = self.jobs.lock();
+        // A file closed in the mount before the import is committed before it.
+        self.vfs.settle();
         let store = self.vfs.store();
         let report = store
             .import_with(paths, options, &|n| {
@@ -416,6 +423,7 @@ impl Reporter {
     /// mount go on meanwhile (see store/src/gc.rs for how they stay correct).
     pub fn gc(&self, progress: &std::sync::atomic::AtomicU64) -> Result<String, String> {
         let _one_job = self.jobs.lock();
+        self.vfs.settle();
         let report = self
             .vfs
             .store()

@@ -1,9 +1,10 @@
 //! File contents through the mount: open handles, write staging, commit, and reads.
 //!
 //! A file that is written gets a staging file on the store's disk holding its whole current
-//! bytes; reads see writes at once. On flush (close), fsync and last release the staged bytes are
-//! chunked, deduplicated and committed in one catalog transaction. Writing to a committed file
-//! copies it to staging first, so files sharing its chunks are untouched (copy-on-write).
+//! bytes; reads see writes at once. On fsync, and on the last close, the staged bytes are
+//! chunked, deduplicated and committed in one catalog transaction; the last close usually
+//! leaves that to a background thread (see `committer`). Writing to a committed file copies it
+//! to staging first, so files sharing its chunks are untouched (copy-on-write).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -12,12 +13,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use store::ingest::MappedFile;
 use store::namespace::now_ns;
 use store::{ContentMap, Inode, NodeKind};
 
 use crate::attr::{Attr, Caller, SetAttr};
+use crate::committer::{self, Record};
 use crate::errno::{Errno, FsResult};
 use crate::vfs::Vfs;
 use crate::views::{is_virtual, Target, VNode};
@@ -38,6 +42,9 @@ pub const HOT_FILE_WINDOW_NS: i64 = 1_000_000_000;
 /// more; see `store::config::DEFAULT_RAW_PACK_MIN_FILE`).
 const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
+/// How long an open for writing waits for closed passthrough readers' releases.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Copy granularity when staging a committed file.
 const STAGE_COPY_BUF: usize = 4 << 20;
 
@@ -49,6 +56,8 @@ pub(crate) struct OpenFile {
     state: Mutex<FileState>,
     /// Its own lock, so opening never waits on a file busy committing either.
     io: Mutex<IoModes>,
+    /// Signalled when a passthrough handle is released.
+    io_released: Condvar,
 }
 
 /// How the kernel reads an inode's open handles. It fails an open (EIO, at the caller) that
@@ -65,12 +74,30 @@ struct IoModes {
     other: u32,
     /// Passthrough handles, all reading `pack`.
     passthrough: HashSet<u64>,
+    /// Passthrough handles whose descriptor was closed (flushed) and whose release may still
+    /// be on its way: the kernel sends it after close(2) returns.
+    closing: HashSet<u64>,
     pack: Option<u64>,
 }
 
 impl IoModes {
+    /// Waits (a little) for passthrough handles that are only closing to be released, so a
+    /// writer right after the readers closed is not refused. Returns whether none is left.
+    fn wait_passthrough_released(this: &mut MutexGuard<'_, IoModes>, released: &Condvar) -> bool {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        while !this.passthrough.is_empty() {
+            if !this.passthrough.is_subset(&this.closing)
+                || released.wait_until(this, deadline).timed_out()
+            {
+                return this.passthrough.is_empty();
+            }
+        }
+        true
+    }
+
     /// Forgets a handle; returns whether it was the inode's last passthrough handle.
     fn release(&mut self, fh: u64) -> bool {
+        self.closing.remove(&fh);
         if self.passthrough.remove(&fh) {
             if self.passthrough.is_empty() {
                 self.pack = None;
@@ -93,6 +120,8 @@ pub struct Passthrough {
 
 struct FileState {
     staged: Option<Staged>,
+    /// The file waits in the commit queue (which holds one handle count on it).
+    queued: bool,
     /// Committed content loaded for reads (absent while staged or for all-zero files).
     content: Option<Arc<ContentMap>>,
     content_loaded: bool,
@@ -105,6 +134,10 @@ struct Staged {
     dirty: bool,
     mtime: i64,
     ctime: i64,
+    /// A commit record names this staging file (see `committer`).
+    record: bool,
+    /// The committed content the staging copy started from.
+    base: Option<i64>,
 }
 
 /// How an open went: the handle, and whether the kernel may keep its page cache.
@@ -112,24 +145,26 @@ struct Staged {
 pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
-    /// Bypass the page cache: `/.mlxfs/stats.json`, whose size changes between opens, and
-    /// read-only opens of a file that is hot (see [`HOT_FILE_WINDOW_NS`]).
+    /// Bypass the page cache: `/.mlxfs/stats.json`, whose size changes between opens,
+    /// read-only opens of a file that is hot (see [`HOT_FILE_WINDOW_NS`]), and writers.
     pub direct_io: bool,
     /// Let the kernel read this read-only handle from a pack directly.
     pub passthrough: Option<Passthrough>,
 }
 
 impl OpenFile {
-    fn new(ino: u64) -> OpenFile {
+    pub(crate) fn new(ino: u64) -> OpenFile {
         OpenFile {
             ino,
             handles: AtomicU32::new(0),
             state: Mutex::new(FileState {
                 staged: None,
+                queued: false,
                 content: None,
                 content_loaded: false,
             }),
             io: Mutex::new(IoModes::default()),
+            io_released: Condvar::new(),
         }
     }
 
@@ -144,16 +179,19 @@ impl OpenFile {
         }
     }
 
-    pub(crate) fn overlay_attr(&self, attr: &mut Attr) {
+    /// Lays the staged size and times over `attr`; returns whether the file is staged.
+    pub(crate) fn overlay_attr(&self, attr: &mut Attr) -> bool {
         let state = self.state.lock();
-        if let Some(staged) = &state.staged {
-            attr.size = staged.size;
-            attr.blocks = staged.size.div_ceil(512);
-            if staged.dirty {
-                attr.mtime = staged.mtime;
-                attr.ctime = staged.ctime;
-            }
+        let Some(staged) = &state.staged else {
+            return false;
+        };
+        attr.size = staged.size;
+        attr.blocks = staged.size.div_ceil(512);
+        if staged.dirty {
+            attr.mtime = staged.mtime;
+            attr.ctime = staged.ctime;
         }
+        true
     }
 
     /// A setattr that went to the catalog also changes the staged view (times; size was
@@ -165,6 +203,28 @@ impl OpenFile {
                 staged.mtime = inode.mtime;
             }
             staged.ctime = inode.ctime;
+            if staged.record {
+                // A queued commit must not bring back the times from before this change.
+                if let Some(boot) = crate::platform::boot_id() {
+                    if let Err(e) = staged.record(self.ino, boot).write(&staged.path) {
+                        tracing::warn!(ino = self.ino, error = %e, "rewriting a commit record");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Staged {
+    /// The commit record of these staged bytes.
+    fn record(&self, ino: u64, boot: String) -> Record {
+        Record {
+            boot,
+            ino,
+            base: self.base,
+            size: self.size,
+            mtime: self.mtime,
+            ctime: self.ctime,
         }
     }
 }
@@ -235,14 +295,17 @@ impl Vfs {
                 return Err(match other {
                     Ok(Some(inode)) if inode.kind == NodeKind::Dir => Errno::EISDIR,
                     Ok(Some(_)) => Errno(libc::ELOOP),
-                    Ok(None) => Errno::ENOENT,
+                    // Deleted since the kernel looked it up (replaced by a rename): ESTALE
+                    // makes the kernel look the name up again.
+                    Ok(None) => Errno(libc::ESTALE),
                     Err(e) => e,
                 });
             }
         };
         let staged = file.state.lock().staged.is_some();
         let changed_lately = staged || now_ns().saturating_sub(inode.ctime) < HOT_FILE_WINDOW_NS;
-        let hot = changed_lately && self.direct_io_maps.load(Ordering::Relaxed);
+        let maps_survive_direct_io = self.direct_io_maps.load(Ordering::Relaxed);
+        let hot = changed_lately && maps_survive_direct_io;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -268,7 +331,14 @@ impl Vfs {
         Ok(Opened {
             fh,
             keep_cache: !staged && flags & libc::O_TRUNC == 0,
-            direct_io: hot && !writable,
+            // A writer's bytes go from its buffer to the daemon without a stop in the mount's
+            // page cache (a third of the cost of a write); the kernel still flushes and drops
+            // mapped pages around each direct write, so maps of the file stay coherent.
+            direct_io: if writable {
+                maps_survive_direct_io
+            } else {
+                hot
+            },
             passthrough,
         })
     }
@@ -298,7 +368,9 @@ impl Vfs {
                 io.passthrough.insert(fh);
                 Ok(Some(pt))
             }
-            _ if !io.passthrough.is_empty() => Err(Errno(libc::ETXTBSY)),
+            _ if !IoModes::wait_passthrough_released(&mut io, &file.io_released) => {
+                Err(Errno(libc::ETXTBSY))
+            }
             _ => {
                 io.other += 1;
                 Ok(None)
@@ -576,6 +648,8 @@ impl Vfs {
             dirty: false,
             mtime: inode.mtime,
             ctime: inode.ctime,
+            record: false,
+            base: inode.content,
         });
         Ok(())
     }
@@ -629,7 +703,7 @@ impl Vfs {
             NodeKind::File => {}
         }
         let file = self.hold_file(ino);
-        if !file.io.lock().passthrough.is_empty() {
+        if !IoModes::wait_passthrough_released(&mut file.io.lock(), &file.io_released) {
             // Its readers read the pack, which a new size would not change (see `IoModes`).
             self.unhold_file(&file);
             return Err(Errno(libc::ETXTBSY));
@@ -694,35 +768,58 @@ impl Vfs {
             return Ok(());
         }
         let data = MappedFile::from_file(&staged.file, &staged.path)?;
-        let data = &data[..(staged.size as usize).min(data.len())];
-        let guard = self.store.ingest_guard();
-        let prepared = match self.store.prepare(data) {
-            Ok(p) => p,
-            Err(e) => {
-                drop(guard);
-                return Err(self.after_failed_commit(e));
-            }
-        };
-        let (size, mtime, ctime) = (staged.size, staged.mtime, staged.ctime);
-        let ino = file.ino;
-        let committed = self.store.commit(&prepared, |tx, content| {
-            let Some(mut inode) = tx.inode(ino)? else {
-                return Ok(());
-            };
-            tx.set_content(ino, content)?;
-            inode.size = size;
-            inode.mtime = mtime;
-            inode.ctime = ctime;
-            tx.update_inode(&inode)
-        });
-        drop(guard);
-        committed.map_err(|e| self.after_failed_commit(e))?;
+        let record = staged.record(file.ino, String::new());
+        let (new_bytes, content) = self
+            .commit_bytes(&data, &record, false)
+            .map_err(|e| self.after_failed_commit(e))?;
         staged.dirty = false;
+        // Writes after this commit (after an fsync) are staged over what it committed.
+        staged.base = content;
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        if std::mem::take(&mut staged.record) {
+            let _ = std::fs::remove_file(committer::record_path(&staged.path));
+        }
         self.namespace_changed();
         state.content_loaded = false;
         state.content = None;
-        tracing::debug!(ino, size, new_bytes = prepared.new_bytes, "committed file");
+        tracing::debug!(
+            ino = file.ino,
+            size = record.size,
+            new_bytes,
+            "committed file"
+        );
         Ok(())
+    }
+
+    /// Commits the first `to.size` bytes of `data` as the content of inode `to.ino`, with its
+    /// times. `only_over_base`: leave an inode whose content is no longer `to.base` alone
+    /// (recovery of a record that a later change overtook). Returns the bytes new to the store
+    /// and the content committed.
+    fn commit_bytes(
+        &self,
+        data: &[u8],
+        to: &Record,
+        only_over_base: bool,
+    ) -> Result<(u64, Option<i64>), store::StoreError> {
+        let data = &data[..(to.size as usize).min(data.len())];
+        let _guard = self.store.ingest_guard();
+        let prepared = self.store.prepare(data)?;
+        let attached = self.store.commit(&prepared, |tx, content| {
+            let Some(mut inode) = tx.inode(to.ino)? else {
+                return Ok(to.base);
+            };
+            if inode.kind != NodeKind::File || (only_over_base && inode.content != to.base) {
+                return Ok(to.base);
+            }
+            tx.set_content(to.ino, content)?;
+            inode.size = to.size;
+            inode.mtime = to.mtime;
+            // A rename or chmod after the close (commits may be queued) keeps its later ctime.
+            inode.ctime = inode.ctime.max(to.ctime);
+            tx.update_inode(&inode)?;
+            Ok(content)
+        })?;
+        Ok((prepared.new_bytes, attached))
     }
 
     /// A commit that failed (typically a full disk) leaves pack bytes nobody claims: give the
@@ -739,12 +836,36 @@ impl Vfs {
 
     fn drop_staging(&self, state: &mut FileState) {
         if let Some(staged) = state.staged.take() {
+            if staged.record {
+                let _ = std::fs::remove_file(committer::record_path(&staged.path));
+            }
             let _ = std::fs::remove_file(&staged.path);
         }
     }
 
-    /// close(2) of one descriptor: commit what was written so a closed file is durable.
+    /// close(2) of one descriptor: commit what was written, unless the last close of the file
+    /// is about to queue the commit (see `committer`).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
+        if self.derived_handle(fh) {
+            return Ok(());
+        }
+        let file = self.handle_file(fh)?;
+        {
+            let mut io = file.io.lock();
+            if io.passthrough.contains(&fh) {
+                io.closing.insert(fh);
+            }
+        }
+        let mut state = file.state.lock();
+        // The record is written here, not at the release that queues the commit: close(2)
+        // returns before the kernel sends the release, and the daemon may die in between.
+        if self.may_queue(&file, &state) && self.write_record(&file, &mut state).is_some() {
+            return Ok(());
+        }
+        self.commit_locked(&file, &mut state)
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
         if self.derived_handle(fh) {
             return Ok(());
         }
@@ -753,8 +874,156 @@ impl Vfs {
         self.commit_locked(&file, &mut state)
     }
 
-    pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh)
+    /// Whether the close of the file's only handle may leave the commit to the queue: there
+    /// is something to commit, room in the queue and on the disk, and a way to recover it.
+    fn may_queue(&self, file: &OpenFile, state: &FileState) -> bool {
+        let Some(staged) = state.staged.as_ref() else {
+            return false;
+        };
+        staged.dirty
+            && !state.queued
+            && file.handles.load(Ordering::SeqCst) == 1
+            && crate::platform::boot_id().is_some()
+            && self
+                .committer
+                .has_room(staged.size, || self.disk_free_bytes())
+    }
+
+    /// Queues the commit of a file whose last handle is closing; the handle's count passes to
+    /// the queue. Returns false (commit now) when it may not queue.
+    fn queue_commit(&self, file: &Arc<OpenFile>, state: &mut FileState) -> bool {
+        if !self.may_queue(file, state) {
+            return false;
+        }
+        let Some(size) = self.write_record(file, state) else {
+            return false;
+        };
+        state.queued = true;
+        self.committer.push(file.clone(), size);
+        true
+    }
+
+    /// Writes (or rewrites) the commit record of the file's staged bytes; returns their size,
+    /// or `None` when there is no record to rely on.
+    fn write_record(&self, file: &OpenFile, state: &mut FileState) -> Option<u64> {
+        let staged = state.staged.as_mut()?;
+        let record = staged.record(file.ino, crate::platform::boot_id()?);
+        if let Err(e) = record.write(&staged.path) {
+            tracing::warn!(ino = file.ino, error = %e, "no commit record; committing at close");
+            return None;
+        }
+        staged.record = true;
+        Some(record.size)
+    }
+
+    /// Runs the commit queue until [`Vfs::stop_committing`]: call on a thread of its own after
+    /// [`Vfs::start_committing`].
+    pub fn run_committer(&self) {
+        while let Some((file, size)) = self.committer.next() {
+            self.commit_queued(&file);
+            self.committer.done(size);
+        }
+    }
+
+    /// Lets last closes queue their commits; the caller runs [`Vfs::run_committer`].
+    pub fn start_committing(&self) {
+        self.committer.enable();
+    }
+
+    /// Stops the commit queue after the commit under way: later closes commit themselves,
+    /// and files still queued are left to [`Vfs::commit_all`].
+    pub fn stop_committing(&self) {
+        self.committer.stop();
+    }
+
+    /// Waits until every closed file is committed, so the catalog shows them (status, model
+    /// lists, import and gc run after this).
+    pub fn settle(&self) {
+        self.committer.settle(None);
+    }
+
+    /// [`Vfs::settle`] for at most `limit` (a status report must not wait on a long queue);
+    /// returns whether the queue is empty.
+    pub fn settle_within(&self, limit: std::time::Duration) -> bool {
+        self.committer.settle(Some(limit))
+    }
+
+    /// Files queued or being committed, and their bytes.
+    pub fn commit_backlog(&self) -> (usize, u64) {
+        self.committer.backlog()
+    }
+
+    fn commit_queued(&self, file: &Arc<OpenFile>) {
+        let mut state = file.state.lock();
+        state.queued = false;
+        if let Err(e) = self.commit_locked(file, &mut state) {
+            // Kept staged and held: reads still see the bytes, the next close or the unmount
+            // retries, and the record recovers them if the daemon dies first.
+            tracing::error!(ino = file.ino, error = %e, "could not commit a closed file");
+            return;
+        }
+        if file.handles.load(Ordering::SeqCst) == 1 {
+            self.drop_staging(&mut state);
+        }
+        drop(state);
+        if self.unhold_file(file) {
+            if let Err(e) = self.delete_if_unlinked_and_closed(file.ino) {
+                tracing::warn!(ino = file.ino, error = %e, "deleting an unlinked file");
+            }
+        }
+    }
+
+    /// Commits the files that were queued when a previous daemon stopped (their records in
+    /// `staging`), as their closes promised. A record from an earlier boot is dropped.
+    pub(crate) fn recover_queued_commits(&self, staging: &std::path::Path) -> FsResult<()> {
+        let Ok(dir) = std::fs::read_dir(staging) else {
+            return Ok(());
+        };
+        let boot = crate::platform::boot_id();
+        let mut records = Vec::new();
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let Some(staged) = committer::staging_of_record(&path) else {
+                continue;
+            };
+            match std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| Record::parse(&t))
+            {
+                Some(record) if Some(&record.boot) == boot.as_ref() => {
+                    records.push((record, staged))
+                }
+                Some(record) => tracing::warn!(
+                    ino = record.ino,
+                    "dropping a commit queued before the last reboot (its bytes may be lost)"
+                ),
+                None => {
+                    tracing::warn!(path = %path.display(), "ignoring an unreadable commit record")
+                }
+            }
+        }
+        // In the order the files were changed, so the last change of a file wins.
+        records.sort_by_key(|(record, _)| record.ctime);
+        for (record, staged) in &records {
+            let data = match MappedFile::open(staged) {
+                Ok(data) if data.len() as u64 >= record.size => data,
+                _ => {
+                    tracing::warn!(
+                        ino = record.ino,
+                        "staging file of a queued commit is gone or short"
+                    );
+                    continue;
+                }
+            };
+            let (new_bytes, _) = self.commit_bytes(&data, record, true)?;
+            tracing::info!(
+                ino = record.ino,
+                size = record.size,
+                new_bytes,
+                "committed a file closed before the daemon stopped"
+            );
+        }
+        Ok(())
     }
 
     /// Last close of a handle: commit, drop staging when nobody holds the file, and delete an
@@ -768,10 +1037,21 @@ impl Vfs {
         let file = self.handle_file(fh)?;
         self.handles.lock().remove(&fh);
         self.read_ends.lock().remove(&fh);
-        if file.io.lock().release(fh) {
+        let last_passthrough = file.io.lock().release(fh);
+        file.io_released.notify_all();
+        if last_passthrough {
             self.passthrough_meter.closed(file.ino, &self.metrics);
         }
         let mut state = file.state.lock();
+        if state.queued {
+            // The queued commit takes this handle's writes too; the queue holds the file.
+            drop(state);
+            self.unhold_file(&file);
+            return Ok(());
+        }
+        if self.queue_commit(&file, &mut state) {
+            return Ok(());
+        }
         let committed = self.commit_locked(&file, &mut state);
         if file.handles.load(Ordering::SeqCst) == 1 {
             self.drop_staging(&mut state);
@@ -784,8 +1064,10 @@ impl Vfs {
         committed
     }
 
-    /// Commits every file with unsaved writes (on unmount and on SIGTERM).
+    /// Commits every file with unsaved writes, queued ones included, and stops the commit
+    /// queue: later closes commit before they return (on unmount and on SIGTERM).
     pub fn commit_all(&self) -> FsResult<()> {
+        self.stop_committing();
         let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
         let mut result = Ok(());
         for file in files {

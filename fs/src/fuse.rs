@@ -157,7 +157,10 @@ fn file_attr(a: &Attr) -> fuser::FileAttr {
         uid: a.uid,
         gid: a.gid,
         rdev: a.rdev,
-        blksize: crate::attr::BLOCK_SIZE,
+        blksize: match a.kind {
+            NodeKind::File => crate::attr::IO_SIZE,
+            _ => crate::attr::BLOCK_SIZE,
+        },
         flags: 0,
     }
 }
@@ -761,5 +764,12 @@ pub fn mount(
         queue: Mutex::new(sender),
         notifier: session.notifier(),
     }));
+    // Last closes queue their commits for this thread (see `committer`); it ends when the
+    // unmount commits what is left (`Vfs::commit_all`).
+    vfs.start_committing();
+    let committing = vfs.clone();
+    std::thread::Builder::new()
+        .name("mlxfs-commit".into())
+        .spawn(move || committing.run_committer())?;
     session.spawn()
 }

@@ -2,6 +2,7 @@
 //! thin `fuser` adapter that mounts it.
 
 pub mod attr;
+mod committer;
 pub mod errno;
 pub mod files;
 pub mod fuse;

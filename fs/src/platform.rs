@@ -110,3 +110,17 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// This boot of the machine, to tell page-cache contents that survived a daemon's death from
+/// those a reboot may have lost (see `committer`). `None` where the kernel does not say.
+#[cfg(target_os = "linux")]
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_string())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn boot_id() -> Option<String> {
+    None
+}

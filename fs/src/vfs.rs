@@ -85,6 +85,10 @@ pub struct Vfs {
     pub(crate) next_fh: AtomicU64,
     pub(crate) listener: Mutex<Option<Arc<dyn ChangeListener>>>,
     pub(crate) views: Views,
+    /// Closed files waiting for their commit.
+    pub(crate) committer: crate::committer::Committer,
+    /// Counts commits of staged files (see [`Vfs::overlay`]).
+    pub(crate) commits: AtomicU64,
     pub metrics: Metrics,
 }
 
@@ -107,19 +111,9 @@ fn set_time(t: SetTime) -> i64 {
 }
 
 impl Vfs {
-    /// Wraps an open store: clears leftover staging and creates the writable roots.
+    /// Wraps an open store: commits files whose queued commit a previous daemon left, clears
+    /// leftover staging and creates the writable roots.
     pub fn new(store: Arc<Store>) -> FsResult<Vfs> {
-        let staging = store.staging_dir();
-        if staging.exists() {
-            // Bytes written but never closed or fsynced were never promised; the committed
-            // content of those files is what the catalog has.
-            let leftovers = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
-            if leftovers > 0 {
-                tracing::info!(count = leftovers, "discarding uncommitted staging files");
-            }
-            std::fs::remove_dir_all(&staging)?;
-        }
-        std::fs::create_dir_all(&staging)?;
         let uid = unsafe { libc::geteuid() };
         let gid = unsafe { libc::getegid() };
         store.catalog().write(|tx| {
@@ -130,7 +124,7 @@ impl Vfs {
             Ok(())
         })?;
         let store_for_views = store.clone();
-        Ok(Vfs {
+        let vfs = Vfs {
             store,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -142,8 +136,23 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             listener: Mutex::new(None),
             views: Views::new(store_for_views),
+            committer: Default::default(),
+            commits: AtomicU64::new(0),
             metrics: Metrics::default(),
-        })
+        };
+        let staging = vfs.store.staging_dir();
+        if staging.exists() {
+            vfs.recover_queued_commits(&staging)?;
+            // Other bytes written but never closed or fsynced were never promised; the
+            // committed content of those files is what the catalog has.
+            let leftovers = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+            if leftovers > 0 {
+                tracing::info!(count = leftovers, "discarding uncommitted staging files");
+            }
+            std::fs::remove_dir_all(&staging)?;
+        }
+        std::fs::create_dir_all(&staging)?;
+        Ok(vfs)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -278,15 +287,23 @@ impl Vfs {
             let tree = self.view_tree()?;
             return self.views.attr(&tree, ino);
         }
+        let seen = self.commits.load(Ordering::SeqCst);
         let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
-        Ok(self.overlay(Attr::from_inode(&inode)))
+        Ok(self.overlay(Attr::from_inode(&inode), seen))
     }
 
-    pub(crate) fn overlay(&self, mut attr: Attr) -> Attr {
+    /// `attr` as read from the catalog when [`Vfs::commits`] was `seen`, with the open state of
+    /// a file being written laid over it. A file whose commit landed since `seen` has dropped
+    /// that state, and the catalog read may predate the commit: read it again.
+    pub(crate) fn overlay(&self, mut attr: Attr, seen: u64) -> Attr {
         if attr.kind == NodeKind::File {
             let file = self.files.lock().get(&attr.ino).cloned();
             if let Some(file) = file {
-                file.overlay_attr(&mut attr);
+                if !file.overlay_attr(&mut attr) && self.commits.load(Ordering::SeqCst) != seen {
+                    if let Ok(Some(inode)) = self.read_tx(|tx| tx.inode(attr.ino)) {
+                        attr = Attr::from_inode(&inode);
+                    }
+                }
             }
         }
         attr
@@ -296,6 +313,7 @@ impl Vfs {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
+        let seen = self.commits.load(Ordering::SeqCst);
         let found = if is_virtual(parent) {
             None
         } else {
@@ -307,7 +325,7 @@ impl Vfs {
             })?
         };
         if let Some(inode) = found {
-            return Ok(self.overlay(Attr::from_inode(&inode)));
+            return Ok(self.overlay(Attr::from_inode(&inode), seen));
         }
         let tree = self.view_tree()?;
         let target = match tree.nodes.get(&parent) {
@@ -471,6 +489,7 @@ impl Vfs {
         if is_virtual(ino) {
             return Err(Errno::EPERM);
         }
+        let seen = self.commits.load(Ordering::SeqCst);
         let inode = self.write_tx(|tx| {
             self.parent_dir(tx, new_parent)?;
             let inode = self.inode(tx, ino)?;
@@ -492,7 +511,7 @@ impl Vfs {
             tx.touch_times(new_parent, Some(now), Some(now))?;
             Ok(tx.inode_required(ino)?)
         })?;
-        Ok(self.overlay(Attr::from_inode(&inode)))
+        Ok(self.overlay(Attr::from_inode(&inode), seen))
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
@@ -714,7 +733,7 @@ impl Vfs {
         let file = self.files.lock().get(&ino).cloned();
         if let Some(file) = file {
             file.absorb_setattr(&set, &inode);
-            file.overlay_attr(&mut attr);
+            let _staged = file.overlay_attr(&mut attr);
         }
         Ok(attr)
     }
@@ -810,7 +829,9 @@ impl Vfs {
         self.dirs.lock().remove(&fh);
     }
 
-    pub fn statfs(&self) -> FsResult<StatFs> {
+    /// The store disk's numbers, as statfs reports them (the disk's, with namelen ours and
+    /// the file count no lower than the files stored).
+    fn disk_stat(&self) -> FsResult<StatFs> {
         let root = self.store.root();
         let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
             .map_err(|_| Errno::EINVAL)?;
@@ -819,17 +840,31 @@ impl Vfs {
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        let totals = self.read_tx(|tx| tx.totals())?;
+        // The field types differ between platforms: the casts are not all no-ops everywhere.
+        #[allow(clippy::unnecessary_cast)]
         Ok(StatFs {
             blocks: st.f_blocks as u64,
             bfree: st.f_bfree as u64,
             bavail: st.f_bavail as u64,
-            files: (st.f_files as u64).max(totals.files + st.f_ffree as u64),
+            files: st.f_files as u64,
             ffree: st.f_ffree as u64,
             bsize: st.f_bsize as u32,
             namelen: NAME_MAX as u32,
             frsize: st.f_frsize as u32,
         })
+    }
+
+    /// Free bytes on the store's disk for unprivileged writers.
+    pub(crate) fn disk_free_bytes(&self) -> Option<u64> {
+        let st = self.disk_stat().ok()?;
+        Some(st.bavail.saturating_mul(st.frsize as u64))
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let mut st = self.disk_stat()?;
+        let totals = self.read_tx(|tx| tx.totals())?;
+        st.files = st.files.max(totals.files + st.ffree);
+        Ok(st)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {

@@ -461,3 +461,111 @@ fn passthrough_handles_share_one_pack_and_keep_writers_out() {
     vfs.release(reader.fh).unwrap();
     assert_eq!(&read_all(&vfs, ino)[..7], b"changed");
 }
+
+/// Files under the staging dir of the store at `dir`.
+fn staging_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let staging = Store::open(dir, StoreOptions::default())
+        .map(|s| s.staging_dir())
+        .unwrap_or_else(|_| dir.join("staging"));
+    std::fs::read_dir(staging)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_queued_commit_is_seen_at_once_and_recovered_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(3 << 20, 7);
+    let ino;
+    {
+        let vfs = open_vfs(dir.path());
+        // Queueing allowed, but no thread commits: the daemon "dies" with the file queued.
+        vfs.start_committing();
+        ino = write_file(&vfs, ROOT_INO, b"queued", &data);
+        assert_eq!(vfs.commit_backlog(), (1, data.len() as u64));
+        assert_eq!(vfs.getattr(ino).unwrap().size, data.len() as u64);
+        assert_eq!(read_all(&vfs, ino), data, "reads see the queued bytes");
+        let stored = vfs.store().catalog().read(|tx| tx.inode(ino)).unwrap();
+        assert_eq!(stored.unwrap().size, 0, "not committed yet");
+        // Dropped without commit_all, as by SIGKILL.
+    }
+    let vfs = open_vfs(dir.path());
+    assert_eq!(vfs.getattr(ino).unwrap().size, data.len() as u64);
+    assert_eq!(
+        read_all(&vfs, ino),
+        data,
+        "the restart committed the closed file"
+    );
+    drop(vfs);
+    assert!(staging_files(dir.path()).is_empty());
+}
+
+#[test]
+fn a_commit_queued_before_a_reboot_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ino;
+    {
+        let vfs = open_vfs(dir.path());
+        ino = write_file(&vfs, ROOT_INO, b"f", b"old bytes");
+        vfs.start_committing();
+        let opened = vfs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        vfs.write(ino, opened.fh, 0, b"new bytes, never synced", false)
+            .unwrap();
+        vfs.flush(opened.fh).unwrap();
+        vfs.release(opened.fh).unwrap();
+        assert_eq!(vfs.commit_backlog().0, 1);
+    }
+    let records: Vec<_> = staging_files(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "commit"))
+        .collect();
+    assert_eq!(records.len(), 1);
+    let text = std::fs::read_to_string(&records[0]).unwrap();
+    let boot_line = text.lines().nth(1).unwrap().to_string();
+    std::fs::write(&records[0], text.replace(&boot_line, "boot another-boot")).unwrap();
+    let vfs = open_vfs(dir.path());
+    // O_TRUNC emptied the file durably at open; the unsynced bytes after it are gone.
+    assert_eq!(read_all(&vfs, ino), b"");
+    drop(vfs);
+    assert!(staging_files(dir.path()).is_empty());
+}
+
+#[test]
+fn the_commit_thread_lands_queued_files_and_settle_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = Arc::new(open_vfs(dir.path()));
+    vfs.start_committing();
+    let thread = {
+        let vfs = vfs.clone();
+        std::thread::spawn(move || vfs.run_committer())
+    };
+    let files: Vec<(u64, Vec<u8>)> = (0..5)
+        .map(|i| {
+            let data = pseudo_random((1 << 20) + i * 4099, 100 + i as u64);
+            let name = format!("f{i}");
+            (write_file(&vfs, ROOT_INO, name.as_bytes(), &data), data)
+        })
+        .collect();
+    // Unlinked while queued: deleted once committed.
+    let gone = write_file(&vfs, ROOT_INO, b"gone", b"short-lived");
+    vfs.unlink(ROOT_INO, b"gone").unwrap();
+    vfs.settle();
+    assert_eq!(vfs.commit_backlog(), (0, 0));
+    for (ino, data) in &files {
+        let stored = vfs.store().catalog().read(|tx| tx.inode(*ino)).unwrap();
+        assert_eq!(stored.unwrap().size, data.len() as u64);
+        assert_eq!(&read_all(&vfs, *ino), data);
+    }
+    assert_eq!(vfs.getattr(gone), Err(Errno::ENOENT));
+    assert!(
+        staging_files(dir.path()).is_empty(),
+        "staging and records dropped"
+    );
+    // Unmount: the thread stops, and closes commit before they return again.
+    vfs.commit_all().unwrap();
+    thread.join().unwrap();
+    let ino = write_file(&vfs, ROOT_INO, b"late", b"late bytes");
+    assert_eq!(vfs.commit_backlog(), (0, 0));
+    let stored = vfs.store().catalog().read(|tx| tx.inode(ino)).unwrap();
+    assert_eq!(stored.unwrap().size, 10);
+}
