@@ -747,7 +747,7 @@ impl Vfs {
             if !was_staged {
                 // Nobody was writing the file: nobody's close will commit the new length, so
                 // commit it now.
-                self.commit_locked(&file, &mut state)?;
+                self.commit_locked(&file, &mut state, false)?;
                 if file.handles.load(Ordering::SeqCst) == 1 {
                     self.drop_staging(&mut state);
                 }
@@ -759,8 +759,10 @@ impl Vfs {
         result
     }
 
-    /// Chunks and commits the staged bytes of a file if they changed.
-    fn commit_locked(&self, file: &OpenFile, state: &mut FileState) -> FsResult<()> {
+    /// Chunks and commits the staged bytes of a file if they changed. `adopt`: nobody will
+    /// write the staging file again (the caller drops it before unlocking `state`), so it may
+    /// become the file's raw pack (see `Store::prepare_adopting`).
+    fn commit_locked(&self, file: &OpenFile, state: &mut FileState, adopt: bool) -> FsResult<()> {
         let Some(staged) = state.staged.as_mut() else {
             return Ok(());
         };
@@ -769,8 +771,10 @@ impl Vfs {
         }
         let data = MappedFile::from_file(&staged.file, &staged.path)?;
         let record = staged.record(file.ino, String::new());
+        let adopt_from =
+            (adopt && data.len() as u64 == staged.size).then_some(staged.path.as_path());
         let (new_bytes, content) = self
-            .commit_bytes(&data, &record, false)
+            .commit_bytes(&data, &record, false, adopt_from)
             .map_err(|e| self.after_failed_commit(e))?;
         staged.dirty = false;
         // Writes after this commit (after an fsync) are staged over what it committed.
@@ -794,16 +798,21 @@ impl Vfs {
     /// Commits the first `to.size` bytes of `data` as the content of inode `to.ino`, with its
     /// times. `only_over_base`: leave an inode whose content is no longer `to.base` alone
     /// (recovery of a record that a later change overtook). Returns the bytes new to the store
-    /// and the content committed.
+    /// and the content committed. `adopt_from`: the file `data` maps, whole, which may become a
+    /// pack.
     fn commit_bytes(
         &self,
         data: &[u8],
         to: &Record,
         only_over_base: bool,
+        adopt_from: Option<&std::path::Path>,
     ) -> Result<(u64, Option<i64>), store::StoreError> {
         let data = &data[..(to.size as usize).min(data.len())];
         let _guard = self.store.ingest_guard();
-        let prepared = self.store.prepare(data)?;
+        let prepared = match adopt_from {
+            Some(path) => self.store.prepare_adopting(data, path)?,
+            None => self.store.prepare(data)?,
+        };
         let attached = self.store.commit(&prepared, |tx, content| {
             let Some(mut inode) = tx.inode(to.ino)? else {
                 return Ok(to.base);
@@ -862,7 +871,7 @@ impl Vfs {
         if self.may_queue(&file, &state) && self.write_record(&file, &mut state).is_some() {
             return Ok(());
         }
-        self.commit_locked(&file, &mut state)
+        self.commit_locked(&file, &mut state, false)
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
@@ -871,7 +880,7 @@ impl Vfs {
         }
         let file = self.handle_file(fh)?;
         let mut state = file.state.lock();
-        self.commit_locked(&file, &mut state)
+        self.commit_locked(&file, &mut state, false)
     }
 
     /// Whether the close of the file's only handle may leave the commit to the queue: there
@@ -956,13 +965,17 @@ impl Vfs {
     fn commit_queued(&self, file: &Arc<OpenFile>) {
         let mut state = file.state.lock();
         state.queued = false;
-        if let Err(e) = self.commit_locked(file, &mut state) {
+        // With no other handle now, none can write the staging file before it is dropped below
+        // (a new writer takes this lock, then stages afresh), so it may become the pack.
+        let adopt = file.handles.load(Ordering::SeqCst) == 1;
+        if let Err(e) = self.commit_locked(file, &mut state, adopt) {
             // Kept staged and held: reads still see the bytes, the next close or the unmount
             // retries, and the record recovers them if the daemon dies first.
             tracing::error!(ino = file.ino, error = %e, "could not commit a closed file");
             return;
         }
-        if file.handles.load(Ordering::SeqCst) == 1 {
+        if adopt || file.handles.load(Ordering::SeqCst) == 1 {
+            // Handles opened meanwhile read the committed content, the same bytes.
             self.drop_staging(&mut state);
         }
         drop(state);
@@ -1015,7 +1028,10 @@ impl Vfs {
                     continue;
                 }
             };
-            let (new_bytes, _) = self.commit_bytes(&data, record, true)?;
+            // The dead daemon's staging file is written by nobody now: it may become the pack.
+            let whole = data.len() as u64 == record.size;
+            let (new_bytes, _) =
+                self.commit_bytes(&data, record, true, whole.then_some(staged.as_path()))?;
             tracing::info!(
                 ino = record.ino,
                 size = record.size,
@@ -1052,7 +1068,7 @@ impl Vfs {
         if self.queue_commit(&file, &mut state) {
             return Ok(());
         }
-        let committed = self.commit_locked(&file, &mut state);
+        let committed = self.commit_locked(&file, &mut state, false);
         if file.handles.load(Ordering::SeqCst) == 1 {
             self.drop_staging(&mut state);
         }
@@ -1072,7 +1088,7 @@ impl Vfs {
         let mut result = Ok(());
         for file in files {
             let mut state = file.state.lock();
-            if let Err(e) = self.commit_locked(&file, &mut state) {
+            if let Err(e) = self.commit_locked(&file, &mut state, false) {
                 tracing::error!(ino = file.ino, error = %e, "could not commit open file");
                 result = Err(e);
             }

@@ -2,6 +2,7 @@
 //! BLAKE3, append the ones the store lacks, and compute the whole-file SHA-256 and BLAKE3.
 //! The whole-file digests run on a second core while the first chunks and hashes.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 
@@ -12,8 +13,10 @@ use crate::blocks::hash_chunk;
 use crate::chunker::{chunk_spans, for_each_chunk_span};
 use crate::content::{PreparedChunk, PreparedContent};
 use crate::error::{IoContext, Result};
+use crate::pack::ChunkLocation;
 use crate::pack::RawPackWriter;
 use crate::store::Store;
+use crate::ChunkHash;
 
 /// Whole-file digests of some bytes.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +81,60 @@ impl std::ops::Deref for MappedFile {
     }
 }
 
+/// Where the new chunks of one file go: a raw pack of its own for a big file (made at its
+/// first new chunk), else the shared packs.
+struct NewChunks<'s> {
+    store: &'s Store,
+    own_pack: bool,
+    raw: Option<RawPackWriter<'s>>,
+    new_bytes: u64,
+}
+
+impl<'s> NewChunks<'s> {
+    fn new(store: &'s Store, file_size: u64) -> NewChunks<'s> {
+        NewChunks {
+            store,
+            own_pack: file_size >= store.options.raw_pack_min_file,
+            raw: None,
+            new_bytes: 0,
+        }
+    }
+
+    /// Stores one chunk unless the store has it.
+    fn put(&mut self, hash: ChunkHash, cvs: Vec<u8>, bytes: &[u8]) -> Result<PreparedChunk> {
+        let location = match self.store.known_chunk(&hash)? {
+            Some(_) => None,
+            None => {
+                self.new_bytes += bytes.len() as u64;
+                if self.own_pack && self.raw.is_none() {
+                    self.raw = Some(self.store.packs.create_raw()?);
+                }
+                Some(self.store.append_chunk(self.raw.as_mut(), &hash, bytes)?)
+            }
+        };
+        // A pending chunk appended by another writer is committed by whichever commits
+        // first; carry its location so either can create the catalog row.
+        let location = match location {
+            Some(loc) => Some(loc),
+            None => self.store.pending.lock().get(&hash).copied(),
+        };
+        Ok(PreparedChunk {
+            hash,
+            len: bytes.len() as u32,
+            cvs,
+            location,
+        })
+    }
+
+    /// Makes the file's raw pack durable; returns the bytes that were new.
+    fn finish(self) -> Result<u64> {
+        if let Some(writer) = self.raw {
+            writer.finish()?;
+        }
+        Ok(self.new_bytes)
+    }
+}
+
 impl Store {
     /// Chunks, hashes and stores `data`; nothing is visible until [`Store::commit`].
     pub fn prepare(&self, data: &[u8]) -> Result<PreparedContent> {
@@ -106,45 +163,94 @@ impl Store {
 
     fn store_chunks(&self, data: &[u8]) -> Result<(Vec<PreparedChunk>, u64)> {
         let mut chunks = Vec::with_capacity(data.len() / self.options.chunker.avg_size + 1);
-        let mut new_bytes = 0u64;
-        // A big file's new chunks go to a raw pack of its own, made at its first new chunk.
-        let own_pack = data.len() as u64 >= self.options.raw_pack_min_file;
-        let mut raw: Option<RawPackWriter> = None;
+        let mut sink = NewChunks::new(self, data.len() as u64);
         // Each chunk is hashed and stored as soon as it is cut, while the disk reads ahead.
         for_each_chunk_span(data, &self.options.chunker, |span| -> Result<()> {
             let start = span.offset as usize;
             let bytes = &data[start..start + span.len as usize];
             let (hash, cvs) = hash_chunk(bytes);
-            let location = match self.known_chunk(&hash)? {
-                Some(_) => None,
-                None => {
-                    new_bytes += bytes.len() as u64;
-                    if own_pack && raw.is_none() {
-                        raw = Some(self.packs.create_raw()?);
-                    }
-                    Some(self.append_chunk(raw.as_mut(), &hash, bytes)?)
-                }
-            };
-            // A pending chunk appended by another writer is committed by whichever commits
-            // first; carry its location so either can create the catalog row.
-            let location = match location {
-                Some(loc) => Some(loc),
-                None => self.pending.lock().get(&hash).copied(),
-            };
-            chunks.push(PreparedChunk {
-                hash,
-                len: span.len,
-                cvs,
-                location,
-            });
+            chunks.push(sink.put(hash, cvs, bytes)?);
             Ok(())
         })?;
-        if let Some(writer) = raw {
-            writer.finish()?;
-        }
-        Ok((chunks, new_bytes))
+        Ok((chunks, sink.finish()?))
     }
 
+    /// Like [`Store::prepare`] for `data`, the whole of the file at `path`, which nobody will
+    /// write again (a staging file being committed). When the file is big enough for a raw
+    /// pack of its own and every chunk is new, the file itself becomes that pack (see
+    /// `Packs::adopt_raw`): no copy, and its pages in the page cache are the pack's.
+    pub fn prepare_adopting(&self, data: &[u8], path: &Path) -> Result<PreparedContent> {
+        if (data.len() as u64) < self.options.raw_pack_min_file {
+            return self.prepare(data);
+        }
+        std::thread::scope(|scope| {
+            let whole = scope.spawn(|| digests(data));
+            let spans: Vec<(u64, ChunkHash, Vec<u8>, u32)> =
+                chunk_spans(data, &self.options.chunker)
+                    .into_iter()
+                    .map(|span| {
+                        let start = span.offset as usize;
+                        let (hash, cvs) = hash_chunk(&data[start..start + span.len as usize]);
+                        (span.offset, hash, cvs, span.len)
+                    })
+                    .collect();
+            let digests = whole
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            let (chunks, new_bytes) = self.store_hashed(data, path, spans)?;
+            Ok(PreparedContent {
+                size: data.len() as u64,
+                sha256: digests.sha256,
+                blake3: digests.blake3,
+                chunks,
+                new_bytes,
+            })
+        })
+    }
+
+    /// Stores chunks cut and hashed already: by adopting the file at `path` as their raw pack
+    /// when all are new and distinct, else one by one.
+    fn store_hashed(
+        &self,
+        data: &[u8],
+        path: &Path,
+        spans: Vec<(u64, ChunkHash, Vec<u8>, u32)>,
+    ) -> Result<(Vec<PreparedChunk>, u64)> {
+        let mut distinct = HashSet::with_capacity(spans.len());
+        let mut all_new = true;
+        for (_, hash, _, _) in &spans {
+            if !distinct.insert(*hash) || self.known_chunk(hash)?.is_some() {
+                all_new = false;
+                break;
+            }
+        }
+        if all_new {
+            let entries: Vec<(ChunkHash, u32)> = spans.iter().map(|s| (s.1, s.3)).collect();
+            let pack = self.packs.adopt_raw(path, &entries)?;
+            let mut pending = self.pending.lock();
+            let chunks = spans
+                .into_iter()
+                .map(|(offset, hash, cvs, len)| {
+                    let location = ChunkLocation { pack, offset, len };
+                    pending.insert(hash, location);
+                    PreparedChunk {
+                        hash,
+                        len,
+                        cvs,
+                        location: Some(location),
+                    }
+                })
+                .collect();
+            return Ok((chunks, data.len() as u64));
+        }
+        let mut sink = NewChunks::new(self, data.len() as u64);
+        let mut chunks = Vec::with_capacity(spans.len());
+        for (offset, hash, cvs, len) in spans {
+            let start = offset as usize;
+            chunks.push(sink.put(hash, cvs, &data[start..start + len as usize])?);
+        }
+        Ok((chunks, sink.finish()?))
+    }
     /// What storing `data` would add, without writing: (chunk hashes, lengths). Used by scan.
     pub fn chunk_hashes(
         data: &[u8],

@@ -416,6 +416,43 @@ impl Packs {
         Ok((id, file, path))
     }
 
+    /// Makes the file at `source`, whose bytes are exactly `chunks` back to back and which
+    /// nobody writes any more, a raw pack without copying it: a hard link in the packs dir, and
+    /// its index. Durable (file, index, directory entries) when it returns the pack's id.
+    pub fn adopt_raw(&self, source: &Path, chunks: &[(ChunkHash, u32)]) -> Result<u64> {
+        let id = {
+            let mut next_id = self.next_id.lock();
+            let id = *next_id;
+            *next_id += 1;
+            id
+        };
+        let path = self.dir.join(raw_pack_file_name(id));
+        std::fs::hard_link(source, &path)
+            .ctx(|| format!("linking {} as {}", source.display(), path.display()))?;
+        self.raw.write().insert(id);
+        let mut index =
+            Vec::with_capacity(RAW_INDEX_HEADER_LEN + chunks.len() * RAW_INDEX_ENTRY_LEN);
+        index.extend_from_slice(RAW_INDEX_MAGIC);
+        index.extend_from_slice(&id.to_le_bytes());
+        for (hash, len) in chunks {
+            index.extend_from_slice(hash);
+            index.extend_from_slice(&len.to_le_bytes());
+        }
+        let index_path = self.dir.join(raw_index_file_name(id));
+        let durable = std::fs::write(&index_path, &index)
+            .and_then(|()| File::open(&index_path)?.sync_all())
+            .and_then(|()| File::open(&path)?.sync_data())
+            .ctx(|| format!("writing raw pack {}", path.display()))
+            .and_then(|()| sync_dir(&self.dir));
+        if let Err(e) = durable {
+            let _ = std::fs::remove_file(&index_path);
+            let _ = std::fs::remove_file(&path);
+            self.raw.write().remove(&id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     /// Starts a raw pack for the new chunks of one file (see the module comment).
     pub fn create_raw(&self) -> Result<RawPackWriter<'_>> {
         let (id, file, path) = self.create_file(true)?;

@@ -700,6 +700,66 @@ mod tests {
     }
 
     #[test]
+    fn a_file_whose_chunks_are_all_new_is_adopted_as_its_raw_pack() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            chunker: ChunkerConfig::with_avg(64 << 10),
+            raw_pack_min_file: 1 << 20,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(tmp.path(), options).unwrap();
+        let commit_file = |data: &[u8], name: &str| {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, data).unwrap();
+            let prepared = store.prepare_adopting(data, &path).unwrap();
+            let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
+            (id, path, prepared.new_bytes)
+        };
+        let data = random(3 << 20, 21);
+        let (id, path, new_bytes) = commit_file(&data, "staged-a");
+        assert_eq!(new_bytes, data.len() as u64);
+        let (pack, file) = store
+            .passthrough_pack(id, data.len() as u64)
+            .unwrap()
+            .expect("one raw pack holds the file");
+        assert_eq!(
+            file.metadata().unwrap().ino(),
+            std::fs::metadata(&path).unwrap().ino(),
+            "the pack is the file itself, not a copy"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
+        let mut got = vec![0u8; data.len()];
+        assert_eq!(store.read(&map, 0, &mut got).unwrap(), data.len());
+        assert!(got == data);
+        assert!(store.packs.is_raw(pack));
+
+        // Some chunks known already: copied as usual, the known ones not stored again.
+        let mut mixed = data[..1 << 20].to_vec();
+        mixed.extend(random(2 << 20, 22));
+        let (mixed_id, mixed_path, new_bytes) = commit_file(&mixed, "staged-b");
+        assert!(new_bytes < mixed.len() as u64 && new_bytes >= 1 << 20);
+        let map = store.catalog.read(|tx| tx.content_map(mixed_id)).unwrap();
+        let mixed_ino = std::fs::metadata(&mixed_path).unwrap().ino();
+        for pack in map.chunks.iter().map(|c| c.location.pack) {
+            let pack_path = store.packs.path(pack);
+            assert_ne!(std::fs::metadata(pack_path).unwrap().ino(), mixed_ino);
+        }
+        let mut got = vec![0u8; mixed.len()];
+        assert_eq!(store.read(&map, 0, &mut got).unwrap(), mixed.len());
+        assert!(got == mixed);
+
+        // Reopened, the adopted pack is a pack like any other.
+        drop(store);
+        let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+        let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
+        let mut got = vec![0u8; data.len()];
+        assert_eq!(store.read(&map, 0, &mut got).unwrap(), data.len());
+        assert!(got == data);
+    }
+
+    #[test]
     fn a_big_new_file_gets_a_raw_pack_equal_to_its_bytes() {
         let tmp = tempfile::tempdir().unwrap();
         let options = StoreOptions {
