@@ -441,7 +441,7 @@ impl Vfs {
 
     /// Synthesized files are read-only and read from memory.
     fn open_derived(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
-        let tree = self.view_tree()?;
+        let tree = self.settled_view_tree()?;
         let parent = match tree.nodes.get(&ino) {
             Some(VNode::File { parent, .. }) => *parent,
             Some(VNode::Dir { .. }) => return Err(Errno::EISDIR),

@@ -92,6 +92,9 @@ pub struct Vfs {
     pub metrics: Metrics,
 }
 
+/// How long a reader of the views waits for queued commits (see `committer`).
+const VIEW_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
     {
@@ -227,6 +230,16 @@ impl Vfs {
         Ok(tree)
     }
 
+    /// The views, for someone reading them: files closed just before show in them, since their
+    /// queued commits land first (waiting [`VIEW_SETTLE`] at most). Views describe committed
+    /// files (an Ollama view names a blob by its content's SHA-256).
+    pub(crate) fn settled_view_tree(&self) -> FsResult<Arc<ViewTree>> {
+        if self.commit_backlog().0 > 0 {
+            self.settle_within(VIEW_SETTLE);
+        }
+        self.view_tree()
+    }
+
     /// Refuses changes to derived directories and to names that exist only in a view.
     fn writable_dir(&self, dir: u64) -> FsResult<()> {
         if is_virtual(dir) {
@@ -284,7 +297,7 @@ impl Vfs {
     /// Attributes, with size and times of a file being written taken from its open state.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         if is_virtual(ino) {
-            let tree = self.view_tree()?;
+            let tree = self.settled_view_tree()?;
             return self.views.attr(&tree, ino);
         }
         let seen = self.commits.load(Ordering::SeqCst);
@@ -327,7 +340,12 @@ impl Vfs {
         if let Some(inode) = found {
             return Ok(self.overlay(Attr::from_inode(&inode), seen));
         }
-        let tree = self.view_tree()?;
+        // A name missing from a real directory (cp looks its target up first) must not wait.
+        let tree = if is_virtual(parent) {
+            self.settled_view_tree()?
+        } else {
+            self.view_tree()?
+        };
         let target = match tree.nodes.get(&parent) {
             Some(VNode::Dir { children, .. }) => children.get(name).copied(),
             Some(VNode::File { .. }) => return Err(Errno::ENOTDIR),
@@ -760,7 +778,11 @@ impl Vfs {
     }
 
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let tree = self.view_tree()?;
+        let tree = if is_virtual(ino) {
+            self.settled_view_tree()?
+        } else {
+            self.view_tree()?
+        };
         let mut listing = Vec::new();
         let extra = if is_virtual(ino) {
             let Some(VNode::Dir { parent, children }) = tree.nodes.get(&ino) else {
