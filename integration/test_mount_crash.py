@@ -318,3 +318,4 @@ def test_status_right_after_close_counts_the_file(mounted):
     after = json.loads(m.cli("status", "--json").stdout)
     assert after["logical_bytes"] - before["logical_bytes"] == len(data)
     assert after["physical_bytes"] - before["physical_bytes"] >= len(data)
+    assert (after["commit_queue_files"], after["commit_queue_bytes"]) == (0, 0)

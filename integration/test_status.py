@@ -40,7 +40,8 @@ STORE_FIELDS = {
     "files", "chunks", "models", "models_by_layout", "pack_bytes", "catalog_bytes",
     "in_use_by_pid", "schema_version",
 }
-EXTRA_FIELDS = {"v", "source", "started", "uptime_secs", "passthrough", "at", "throughput", "ops"}
+EXTRA_FIELDS = {"v", "source", "started", "uptime_secs", "passthrough", "commit_queue_files",
+                "commit_queue_bytes", "at", "throughput", "ops"}
 VIEWS = {"hf", "ollama", "mlx", "lmstudio", "other"}
 
 

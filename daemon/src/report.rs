@@ -111,6 +111,12 @@ pub struct StatusReport {
     /// off with `mount --verify-reads`, or when the kernel lacks it).
     #[serde(default)]
     pub passthrough: bool,
+    /// Files closed through the mount whose commit is still queued (or running), and their
+    /// bytes: they read back already, and count in the totals once committed.
+    #[serde(default)]
+    pub commit_queue_files: u64,
+    #[serde(default)]
+    pub commit_queue_bytes: u64,
     /// Nanoseconds since the epoch when this report was made.
     pub at: i64,
     pub read_bytes: u64,

@@ -311,6 +311,9 @@ impl Reporter {
         r.started = Some(info.started);
         r.uptime_secs = now.duration_since(self.started_at).as_secs_f64();
         r.passthrough = self.vfs.passthrough_enabled();
+        let (queued_files, queued_bytes) = self.vfs.commit_backlog();
+        r.commit_queue_files = queued_files as u64;
+        r.commit_queue_bytes = queued_bytes;
         r.at = store::namespace::now_ns();
         r.read_bytes = read;
         r.written_bytes = written;

@@ -174,6 +174,16 @@ pub fn run(store_dir: &Path, args: &StatusArgs) -> Result<i32> {
                 }
             ),
         ]);
+        if status.commit_queue_files > 0 {
+            rows.push(vec![
+                "queued".into(),
+                human::bytes(status.commit_queue_bytes),
+                format!(
+                    "in {} closed file(s) still being committed",
+                    status.commit_queue_files
+                ),
+            ]);
+        }
         rows.push(vec![
             "written".into(),
             human::bytes(status.written_bytes),
