@@ -138,9 +138,19 @@ impl<'s> NewChunks<'s> {
 impl Store {
     /// Chunks, hashes and stores `data`; nothing is visible until [`Store::commit`].
     pub fn prepare(&self, data: &[u8]) -> Result<PreparedContent> {
+        self.prepare_with(data, || self.store_chunks(data))
+    }
+
+    /// Runs `store` (which chunks `data` and stores the chunks) beside the whole-file digests
+    /// on a second core, and puts the two together.
+    fn prepare_with(
+        &self,
+        data: &[u8],
+        store: impl FnOnce() -> Result<(Vec<PreparedChunk>, u64)>,
+    ) -> Result<PreparedContent> {
         std::thread::scope(|scope| {
             let whole = scope.spawn(|| digests(data));
-            let chunks = self.store_chunks(data);
+            let chunks = store();
             let digests = whole
                 .join()
                 .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -183,8 +193,7 @@ impl Store {
         if (data.len() as u64) < self.options.raw_pack_min_file {
             return self.prepare(data);
         }
-        std::thread::scope(|scope| {
-            let whole = scope.spawn(|| digests(data));
+        self.prepare_with(data, || {
             let spans: Vec<(u64, ChunkHash, Vec<u8>, u32)> =
                 chunk_spans(data, &self.options.chunker)
                     .into_iter()
@@ -194,17 +203,7 @@ impl Store {
                         (span.offset, hash, cvs, span.len)
                     })
                     .collect();
-            let digests = whole
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e));
-            let (chunks, new_bytes) = self.store_hashed(data, path, spans)?;
-            Ok(PreparedContent {
-                size: data.len() as u64,
-                sha256: digests.sha256,
-                blake3: digests.blake3,
-                chunks,
-                new_bytes,
-            })
+            self.store_hashed(data, path, spans)
         })
     }
 

@@ -699,16 +699,20 @@ mod tests {
         assert!(store.read(&map, chunk.file_offset, &mut span).is_err());
     }
 
+    /// Options that give files of 1 MiB or more a raw pack, cut in 64 KiB chunks.
+    fn small_raw_packs() -> StoreOptions {
+        StoreOptions {
+            chunker: ChunkerConfig::with_avg(64 << 10),
+            raw_pack_min_file: 1 << 20,
+            ..StoreOptions::default()
+        }
+    }
+
     #[test]
     fn a_file_whose_chunks_are_all_new_is_adopted_as_its_raw_pack() {
         use std::os::unix::fs::MetadataExt;
         let tmp = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            chunker: ChunkerConfig::with_avg(64 << 10),
-            raw_pack_min_file: 1 << 20,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(tmp.path(), options).unwrap();
+        let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
         let commit_file = |data: &[u8], name: &str| {
             let path = tmp.path().join(name);
             std::fs::write(&path, data).unwrap();
@@ -762,12 +766,7 @@ mod tests {
     #[test]
     fn a_big_new_file_gets_a_raw_pack_equal_to_its_bytes() {
         let tmp = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            chunker: ChunkerConfig::with_avg(64 << 10),
-            raw_pack_min_file: 1 << 20,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(tmp.path(), options).unwrap();
+        let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
         let commit = |data: &[u8]| {
             let prepared = store.prepare(data).unwrap();
             store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap()
@@ -820,11 +819,7 @@ mod tests {
     #[test]
     fn raw_packs_no_commit_claimed_are_dropped_at_open() {
         let tmp = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            chunker: ChunkerConfig::with_avg(64 << 10),
-            raw_pack_min_file: 1 << 20,
-            ..StoreOptions::default()
-        };
+        let options = small_raw_packs();
         let store = Store::open(tmp.path(), options.clone()).unwrap();
         let kept = random(2 << 20, 21);
         let prepared = store.prepare(&kept).unwrap();
