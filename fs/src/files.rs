@@ -134,8 +134,8 @@ struct Staged {
     dirty: bool,
     mtime: i64,
     ctime: i64,
-    /// A commit record names this staging file (see `committer`).
-    record: bool,
+    /// The commit record last written beside this staging file, if any (see `committer`).
+    recorded: Option<Record>,
     /// The committed content the staging copy started from.
     base: Option<i64>,
 }
@@ -203,12 +203,10 @@ impl OpenFile {
                 staged.mtime = inode.mtime;
             }
             staged.ctime = inode.ctime;
-            if staged.record {
+            if staged.recorded.is_some() {
                 // A queued commit must not bring back the times from before this change.
-                if let Some(boot) = crate::platform::boot_id() {
-                    if let Err(e) = staged.record(self.ino, boot).write(&staged.path) {
-                        tracing::warn!(ino = self.ino, error = %e, "rewriting a commit record");
-                    }
+                if let Err(e) = staged.write_record(self.ino) {
+                    tracing::warn!(ino = self.ino, error = %e, "rewriting a commit record");
                 }
             }
         }
@@ -225,6 +223,26 @@ impl Staged {
             size: self.size,
             mtime: self.mtime,
             ctime: self.ctime,
+        }
+    }
+
+    /// Writes the commit record of these staged bytes, unless the one written last says the
+    /// same (a close's flush wrote it, its release asks again).
+    fn write_record(&mut self, ino: u64) -> std::io::Result<()> {
+        let boot = crate::platform::boot_id()
+            .ok_or_else(|| std::io::Error::other("no boot id to bind a commit record to"))?;
+        let record = self.record(ino, boot);
+        if self.recorded.as_ref() != Some(&record) {
+            record.write(&self.path)?;
+            self.recorded = Some(record);
+        }
+        Ok(())
+    }
+
+    /// Removes the commit record, if one was written.
+    fn drop_record(&mut self) {
+        if self.recorded.take().is_some() {
+            let _ = std::fs::remove_file(committer::record_path(&self.path));
         }
     }
 }
@@ -441,7 +459,7 @@ impl Vfs {
 
     /// Synthesized files are read-only and read from memory.
     fn open_derived(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
-        let tree = self.settled_view_tree()?;
+        let tree = self.view_tree_for(ino)?;
         let parent = match tree.nodes.get(&ino) {
             Some(VNode::File { parent, .. }) => *parent,
             Some(VNode::Dir { .. }) => return Err(Errno::EISDIR),
@@ -648,7 +666,7 @@ impl Vfs {
             dirty: false,
             mtime: inode.mtime,
             ctime: inode.ctime,
-            record: false,
+            recorded: None,
             base: inode.content,
         });
         Ok(())
@@ -780,9 +798,7 @@ impl Vfs {
         // Writes after this commit (after an fsync) are staged over what it committed.
         staged.base = content;
         self.commits.fetch_add(1, Ordering::SeqCst);
-        if std::mem::take(&mut staged.record) {
-            let _ = std::fs::remove_file(committer::record_path(&staged.path));
-        }
+        staged.drop_record();
         self.namespace_changed();
         state.content_loaded = false;
         state.content = None;
@@ -844,10 +860,8 @@ impl Vfs {
     }
 
     fn drop_staging(&self, state: &mut FileState) {
-        if let Some(staged) = state.staged.take() {
-            if staged.record {
-                let _ = std::fs::remove_file(committer::record_path(&staged.path));
-            }
+        if let Some(mut staged) = state.staged.take() {
+            staged.drop_record();
             let _ = std::fs::remove_file(&staged.path);
         }
     }
@@ -916,13 +930,11 @@ impl Vfs {
     /// or `None` when there is no record to rely on.
     fn write_record(&self, file: &OpenFile, state: &mut FileState) -> Option<u64> {
         let staged = state.staged.as_mut()?;
-        let record = staged.record(file.ino, crate::platform::boot_id()?);
-        if let Err(e) = record.write(&staged.path) {
+        if let Err(e) = staged.write_record(file.ino) {
             tracing::warn!(ino = file.ino, error = %e, "no commit record; committing at close");
             return None;
         }
-        staged.record = true;
-        Some(record.size)
+        Some(staged.size)
     }
 
     /// Runs the commit queue until [`Vfs::stop_committing`]: call on a thread of its own after

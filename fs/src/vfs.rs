@@ -230,11 +230,13 @@ impl Vfs {
         Ok(tree)
     }
 
-    /// The views, for someone reading them: files closed just before show in them, since their
-    /// queued commits land first (waiting [`VIEW_SETTLE`] at most). Views describe committed
-    /// files (an Ollama view names a blob by its content's SHA-256).
-    pub(crate) fn settled_view_tree(&self) -> FsResult<Arc<ViewTree>> {
-        if self.commit_backlog().0 > 0 {
+    /// The views, for a request on `node`. Under a derived directory, files closed just before
+    /// show in them, since their queued commits land first (waiting [`VIEW_SETTLE`] at most):
+    /// views describe committed files (an Ollama view names a blob by its content's SHA-256).
+    /// A request on a real directory does not wait: `cp` looks its target name up first, and
+    /// must not queue behind the previous file's commit.
+    pub(crate) fn view_tree_for(&self, node: u64) -> FsResult<Arc<ViewTree>> {
+        if is_virtual(node) && self.commit_backlog().0 > 0 {
             self.settle_within(VIEW_SETTLE);
         }
         self.view_tree()
@@ -297,7 +299,7 @@ impl Vfs {
     /// Attributes, with size and times of a file being written taken from its open state.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         if is_virtual(ino) {
-            let tree = self.settled_view_tree()?;
+            let tree = self.view_tree_for(ino)?;
             return self.views.attr(&tree, ino);
         }
         let seen = self.commits.load(Ordering::SeqCst);
@@ -340,12 +342,7 @@ impl Vfs {
         if let Some(inode) = found {
             return Ok(self.overlay(Attr::from_inode(&inode), seen));
         }
-        // A name missing from a real directory (cp looks its target up first) must not wait.
-        let tree = if is_virtual(parent) {
-            self.settled_view_tree()?
-        } else {
-            self.view_tree()?
-        };
+        let tree = self.view_tree_for(parent)?;
         let target = match tree.nodes.get(&parent) {
             Some(VNode::Dir { children, .. }) => children.get(name).copied(),
             Some(VNode::File { .. }) => return Err(Errno::ENOTDIR),
@@ -778,11 +775,7 @@ impl Vfs {
     }
 
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let tree = if is_virtual(ino) {
-            self.settled_view_tree()?
-        } else {
-            self.view_tree()?
-        };
+        let tree = self.view_tree_for(ino)?;
         let mut listing = Vec::new();
         let extra = if is_virtual(ino) {
             let Some(VNode::Dir { parent, children }) = tree.nodes.get(&ino) else {
@@ -851,8 +844,7 @@ impl Vfs {
         self.dirs.lock().remove(&fh);
     }
 
-    /// The store disk's numbers, as statfs reports them (the disk's, with namelen ours and
-    /// the file count no lower than the files stored).
+    /// The store disk's numbers, as statfs reports them (namelen is the mount's).
     fn disk_stat(&self) -> FsResult<StatFs> {
         let root = self.store.root();
         let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
