@@ -652,7 +652,11 @@ impl Vfs {
                     offset += n as u64;
                 }
             }
-            staging.set_len(inode.size)?;
+            // Not to 0: ext4 writes a file back at its close once it was truncated to 0
+            // (its replace-by-truncate guard), and a writer's close would wait for that.
+            if inode.size > 0 {
+                staging.set_len(inode.size)?;
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -756,7 +760,9 @@ impl Vfs {
             }
             self.stage(&file, &mut state)?;
             let staged = state.staged.as_mut().ok_or(Errno::EIO)?;
-            staged.file.set_len(size)?;
+            if staged.file.metadata()?.len() != size {
+                staged.file.set_len(size)?;
+            }
             staged.size = size;
             staged.dirty = true;
             let now = now_ns();
