@@ -210,6 +210,14 @@ impl Catalog {
         Ok(value)
     }
 
+    /// Copies the WAL into the database file and empties it: after gc deleted many rows the
+    /// WAL holds them until the next automatic checkpoint, and it counts as catalog bytes.
+    pub fn checkpoint(&self) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Runs `f` on the connection without opening a write transaction.
     pub fn read<T>(&self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
         let conn = self.conn.lock();

@@ -143,6 +143,9 @@ impl Store {
         }
         self.packs.seal_active()?;
         report.disk_bytes_after = self.pack_disk_bytes()?;
+        if let Err(e) = self.catalog.checkpoint() {
+            tracing::debug!(error = %e, "checkpoint after gc");
+        }
         Ok(report)
     }
 
