@@ -459,6 +459,9 @@ impl Vfs {
 
     /// Synthesized files are read-only and read from memory.
     fn open_derived(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
+        if let Some(real) = self.materialized_as(ino) {
+            return self.open_as(real, flags, caller);
+        }
         let tree = self.view_tree_for(ino)?;
         let parent = match tree.nodes.get(&ino) {
             Some(VNode::File { parent, .. }) => *parent,
@@ -478,6 +481,7 @@ impl Vfs {
                 return Err(Errno::EROFS);
             };
             let attr = self.create_file(parent, &name, 0o644, 0o022, caller)?;
+            self.materialized.lock().insert(ino, (parent, name.clone()));
             self.notify_entry(parent, &name);
             return self.open_as(attr.ino, flags & !libc::O_TRUNC, caller);
         }
@@ -547,6 +551,7 @@ impl Vfs {
             return self.read_derived(opened, fh, offset, size);
         }
         let file = self.handle_file(fh)?;
+        let ino = file.ino;
         let (content, file_size) = {
             let mut state = file.state.lock();
             if let Some(staged) = &state.staged {

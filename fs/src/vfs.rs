@@ -89,6 +89,11 @@ pub struct Vfs {
     pub(crate) committer: crate::committer::Committer,
     /// Counts commits of staged files (see [`Vfs::overlay`]).
     pub(crate) commits: AtomicU64,
+    /// Synthesized inodes a tool wrote over, and where (directory, name) the real file that
+    /// took each one's place was made: the kernel may still know the name under the
+    /// synthesized inode until its entry invalidation (sent by another thread) arrives, and
+    /// must then find the real file there.
+    pub(crate) materialized: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
     pub metrics: Metrics,
 }
 
@@ -141,6 +146,7 @@ impl Vfs {
             views: Views::new(store_for_views),
             committer: Default::default(),
             commits: AtomicU64::new(0),
+            materialized: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         };
         let staging = vfs.store.staging_dir();
@@ -298,6 +304,11 @@ impl Vfs {
 
     /// Attributes, with size and times of a file being written taken from its open state.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(real) = self.materialized_as(ino) {
+            if let Ok(attr) = self.getattr(real) {
+                return Ok(Attr { ino, ..attr });
+            }
+        }
         if is_virtual(ino) {
             let tree = self.view_tree_for(ino)?;
             return self.views.attr(&tree, ino);
@@ -305,6 +316,24 @@ impl Vfs {
         let seen = self.commits.load(Ordering::SeqCst);
         let inode = self.read_tx(|tx| tx.inode(ino))?.ok_or(Errno::ENOENT)?;
         Ok(self.overlay(Attr::from_inode(&inode), seen))
+    }
+
+    /// The real file that replaced synthesized inode `ino` (see [`Vfs::materialized`]), while
+    /// its name still shows a real file.
+    pub(crate) fn materialized_as(&self, ino: u64) -> Option<u64> {
+        if !is_virtual(ino) {
+            return None;
+        }
+        let (parent, name) = self.materialized.lock().get(&ino).cloned()?;
+        let found = self
+            .read_tx(|tx| tx.lookup(parent, &name))
+            .ok()
+            .flatten()
+            .filter(|&real| !is_virtual(real));
+        if found.is_none() {
+            self.materialized.lock().remove(&ino);
+        }
+        found
     }
 
     /// `attr` as read from the catalog when [`Vfs::commits`] was `seen`, with the open state of

@@ -399,6 +399,13 @@ fn views_show_sources_with_their_inode_and_keep_them_read_only() {
     let real = vfs.lookup(repo_dir, b"F16").unwrap();
     assert!(real.ino < fs::views::VIRTUAL_BASE);
     assert_eq!(read_all(&vfs, real.ino), b"{\"real\":true}");
+    // The kernel may still know the name under the synthesized inode for a moment: that inode
+    // now opens and stats as the real file.
+    assert_eq!(read_all(&vfs, manifest.ino), b"{\"real\":true}");
+    assert_eq!(vfs.getattr(manifest.ino).unwrap().size, 13);
+    // Once the real file is gone, the synthesized one shows again.
+    vfs.unlink(repo_dir, b"F16").unwrap();
+    assert_eq!(read_all(&vfs, manifest.ino), bytes);
 }
 
 #[test]
