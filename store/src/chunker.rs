@@ -252,7 +252,8 @@ mod tests {
         let (_, avg, _) = effective_params(&c);
         let spans = chunk_spans(&f, &c);
         assert_covers(&f, &spans);
-        // a.weight: 80,002 bytes = 18 chunks of avg and a last one of 6,274 (<= 1.5 avg).
+        // a.weight: 80,002 bytes = 19 chunks of avg and 2,178 bytes, more than avg / 2: a
+        // chunk of their own.
         let n = 80_002;
         let mut expected = vec![avg; n / avg];
         if n % avg <= avg / 2 {
