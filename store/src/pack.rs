@@ -394,11 +394,26 @@ impl Packs {
         Ok(())
     }
 
-    /// Creates the file of a new pack with the next free id.
-    fn create_file(&self, raw: bool) -> Result<(u64, File, PathBuf)> {
+    /// The next free pack id, taken.
+    fn take_id(&self) -> u64 {
         let mut next_id = self.next_id.lock();
         let id = *next_id;
         *next_id += 1;
+        id
+    }
+
+    /// Writes raw pack `id`'s index and makes it durable (its directory entry is synced with
+    /// the pack's).
+    fn write_raw_index(&self, id: u64, index: &[u8]) -> Result<()> {
+        let index_path = self.dir.join(raw_index_file_name(id));
+        std::fs::write(&index_path, index)
+            .and_then(|()| File::open(&index_path)?.sync_all())
+            .ctx(|| format!("writing {}", index_path.display()))
+    }
+
+    /// Creates the file of a new pack with the next free id.
+    fn create_file(&self, raw: bool) -> Result<(u64, File, PathBuf)> {
+        let id = self.take_id();
         let path = self.dir.join(if raw {
             raw_pack_file_name(id)
         } else {
@@ -420,32 +435,25 @@ impl Packs {
     /// nobody writes any more, a raw pack without copying it: a hard link in the packs dir, and
     /// its index. Durable (file, index, directory entries) when it returns the pack's id.
     pub fn adopt_raw(&self, source: &Path, chunks: &[(ChunkHash, u32)]) -> Result<u64> {
-        let id = {
-            let mut next_id = self.next_id.lock();
-            let id = *next_id;
-            *next_id += 1;
-            id
-        };
+        let id = self.take_id();
         let path = self.dir.join(raw_pack_file_name(id));
         std::fs::hard_link(source, &path)
             .ctx(|| format!("linking {} as {}", source.display(), path.display()))?;
         self.raw.write().insert(id);
-        let mut index =
-            Vec::with_capacity(RAW_INDEX_HEADER_LEN + chunks.len() * RAW_INDEX_ENTRY_LEN);
-        index.extend_from_slice(RAW_INDEX_MAGIC);
-        index.extend_from_slice(&id.to_le_bytes());
+        let mut index = raw_index_header(id, chunks.len());
         for (hash, len) in chunks {
-            index.extend_from_slice(hash);
-            index.extend_from_slice(&len.to_le_bytes());
+            push_raw_index_entry(&mut index, hash, *len);
         }
-        let index_path = self.dir.join(raw_index_file_name(id));
-        let durable = std::fs::write(&index_path, &index)
-            .and_then(|()| File::open(&index_path)?.sync_all())
-            .and_then(|()| File::open(&path)?.sync_data())
-            .ctx(|| format!("writing raw pack {}", path.display()))
+        let durable = self
+            .write_raw_index(id, &index)
+            .and_then(|()| {
+                File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .ctx(|| format!("syncing raw pack {}", path.display()))
+            })
             .and_then(|()| sync_dir(&self.dir));
         if let Err(e) = durable {
-            let _ = std::fs::remove_file(&index_path);
+            let _ = std::fs::remove_file(self.dir.join(raw_index_file_name(id)));
             let _ = std::fs::remove_file(&path);
             self.raw.write().remove(&id);
             return Err(e);
@@ -459,9 +467,7 @@ impl Packs {
         // The directory entry is made durable with the data, in `RawPackWriter::finish`.
         let file = Arc::new(file);
         self.raw_writing.lock().insert(id, file.clone());
-        let mut index = Vec::with_capacity(RAW_INDEX_HEADER_LEN + 64 * RAW_INDEX_ENTRY_LEN);
-        index.extend_from_slice(RAW_INDEX_MAGIC);
-        index.extend_from_slice(&id.to_le_bytes());
+        let index = raw_index_header(id, 64);
         Ok(RawPackWriter {
             packs: self,
             id,
@@ -681,8 +687,7 @@ impl RawPackWriter<'_> {
             ));
         }
         self.len = start + len as u64;
-        self.index.extend_from_slice(hash);
-        self.index.extend_from_slice(&len.to_le_bytes());
+        push_raw_index_entry(&mut self.index, hash, len);
         if self.len - self.writeback_from >= WRITEBACK_BATCH {
             self.packs
                 .writeback
@@ -698,10 +703,7 @@ impl RawPackWriter<'_> {
 
     /// Writes the index and makes pack, index and their directory entries durable.
     pub fn finish(mut self) -> Result<()> {
-        let index_path = self.packs.dir.join(raw_index_file_name(self.id));
-        let written = std::fs::write(&index_path, &self.index)
-            .and_then(|()| File::open(&index_path)?.sync_all())
-            .ctx(|| format!("writing {}", index_path.display()));
+        let written = self.packs.write_raw_index(self.id, &self.index);
         let synced = written.and_then(|()| {
             self.file
                 .sync_data()
@@ -780,6 +782,20 @@ pub fn scan_pack(path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
         pos = data_end;
     }
     Ok((records, pos))
+}
+
+/// The start of raw pack `id`'s index (magic, id), with room for `entries` entries.
+fn raw_index_header(id: u64, entries: usize) -> Vec<u8> {
+    let mut index = Vec::with_capacity(RAW_INDEX_HEADER_LEN + entries * RAW_INDEX_ENTRY_LEN);
+    index.extend_from_slice(RAW_INDEX_MAGIC);
+    index.extend_from_slice(&id.to_le_bytes());
+    index
+}
+
+/// One index entry: the chunk's id and length, in the order of the pack's bytes.
+fn push_raw_index_entry(index: &mut Vec<u8>, hash: &ChunkHash, len: u32) {
+    index.extend_from_slice(hash);
+    index.extend_from_slice(&len.to_le_bytes());
 }
 
 fn scan_raw_pack(path: &Path, index_path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
