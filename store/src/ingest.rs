@@ -1,6 +1,7 @@
-//! Turning bytes into a [`PreparedContent`]: chunk (tensor-aware CDC), name each chunk by
-//! BLAKE3, append the ones the store lacks, and compute the whole-file SHA-256 and BLAKE3.
-//! The whole-file digests run on a second core while the first chunks and hashes.
+//! Turning bytes into a [`PreparedContent`]: chunk (tensor cuts, see `chunker`), name each
+//! chunk by BLAKE3, append the ones the store lacks, and compute the whole-file SHA-256 and
+//! BLAKE3. The SHA-256 runs on a second core; the first chunks, hashes each chunk, and feeds it
+//! to the whole-file BLAKE3 (see [`hash_in_order`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -56,6 +57,12 @@ impl std::ops::Deref for MappedFile {
     fn deref(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
+}
+
+/// Hashes one chunk and feeds it to the whole-file BLAKE3: chunks must come in file order.
+fn hash_in_order(bytes: &[u8], whole: &mut blake3::Hasher) -> (ChunkHash, Vec<u8>) {
+    whole.update(bytes);
+    hash_chunk(bytes)
 }
 
 /// Where the new chunks of one file go: a raw pack of its own for a big file (made at its
@@ -162,8 +169,7 @@ impl Store {
         for_each_chunk_span(data, &self.options.chunker, |span| -> Result<()> {
             let start = span.offset as usize;
             let bytes = &data[start..start + span.len as usize];
-            let (hash, cvs) = hash_chunk(bytes);
-            whole.update(bytes);
+            let (hash, cvs) = hash_in_order(bytes, whole);
             chunks.push(sink.put(hash, cvs, bytes)?);
             Ok(())
         })?;
@@ -184,9 +190,8 @@ impl Store {
                     .into_iter()
                     .map(|span| {
                         let start = span.offset as usize;
-                        let bytes = &data[start..start + span.len as usize];
-                        let (hash, cvs) = hash_chunk(bytes);
-                        whole.update(bytes);
+                        let (hash, cvs) =
+                            hash_in_order(&data[start..start + span.len as usize], whole);
                         (span.offset, hash, cvs, span.len)
                     })
                     .collect();
@@ -237,6 +242,7 @@ impl Store {
         }
         Ok((chunks, sink.finish()?))
     }
+
     /// What storing `data` would add, without writing: (chunk hashes, lengths). Used by scan.
     pub fn chunk_hashes(
         data: &[u8],
