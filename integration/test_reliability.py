@@ -32,15 +32,24 @@ def small_disk_mount():
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
+def fill_blocks(seed: int):
+    """The 1 MiB blocks `fill` writes: distinct per seed, and every MiB differs, so nothing
+    dedups."""
+    block = (seed.to_bytes(8, "little") * (1 << 17))
+    while True:
+        yield block
+        block = block[1:] + block[:1]
+
+
 def fill(path: Path, seed: int, limit: int) -> tuple[int, int | None]:
-    """Writes random-ish data until `limit` bytes or an error; (bytes written, errno)."""
-    block = (seed.to_bytes(8, "little") * (1 << 17))  # 1 MiB, distinct per seed
+    """Writes `fill_blocks(seed)` until `limit` bytes or an error; (bytes written, errno)."""
     written = 0
     try:
         with open(path, "wb") as f:
-            while written < limit:
+            for block in fill_blocks(seed):
+                if written >= limit:
+                    break
                 written += f.write(block[: min(len(block), limit - written)])
-                block = block[1:] + block[:1]  # every MiB differs, so nothing dedups
     except OSError as e:
         return written, e.errno
     return written, None
@@ -53,9 +62,17 @@ def test_full_disk_gives_enospc_and_keeps_earlier_files(small_disk_mount):
     keep_sum = sha256_file(keep)
 
     # Staging and packs both live on the small disk: a big file cannot fit twice.
-    _, err = fill(m.path / "huggingface/hub/big.bin", 1, 200 << 20)
+    big = m.path / "huggingface/hub/big.bin"
+    written, err = fill(big, 1, 200 << 20)
     assert err == errno.ENOSPC, f"writer got {errno.errorcode.get(err, err)}, want ENOSPC"
     assert sha256_file(keep) == keep_sum
+    # Writes are acknowledged before they are stored, so the one that failed was lost after
+    # the writer heard "written": the file holds what was stored before it, no zeros, no
+    # bytes from beyond it.
+    got = big.read_bytes()
+    assert 0 < len(got) <= written
+    expected = b"".join(b for b, _ in zip(fill_blocks(1), range(len(got) // (1 << 20) + 1)))
+    assert got == expected[: len(got)], "the failed file holds bytes that were not written there"
 
     # Space comes back after deleting, and writes work again.
     os.unlink(m.path / "huggingface/hub/big.bin")

@@ -125,6 +125,10 @@ struct FileState {
     /// Committed content loaded for reads (absent while staged or for all-zero files).
     content: Option<Arc<ContentMap>>,
     content_loaded: bool,
+    /// A write acknowledged before its bytes were stored (see [`Vfs::write_acknowledged`])
+    /// failed to store them: every later write fails with it until a flush or fsync has
+    /// reported it.
+    write_error: Option<Errno>,
 }
 
 struct Staged {
@@ -162,6 +166,7 @@ impl OpenFile {
                 queued: false,
                 content: None,
                 content_loaded: false,
+                write_error: None,
             }),
             io: Mutex::new(IoModes::default()),
             io_released: Condvar::new(),
@@ -214,6 +219,15 @@ impl OpenFile {
 }
 
 impl Staged {
+    /// Takes in a write of the bytes up to `end`, stored.
+    fn store_written(&mut self, end: u64) {
+        self.size = self.size.max(end);
+        self.dirty = true;
+        let now = now_ns();
+        self.mtime = now;
+        self.ctime = now;
+    }
+
     /// The commit record of these staged bytes.
     fn record(&self, ino: u64, boot: String) -> Record {
         Record {
@@ -691,16 +705,56 @@ impl Vfs {
     ) -> FsResult<u32> {
         // The handle, not the inode the kernel names, says which file is written (see read).
         let _ = ino;
-        let written = self.write_inner(fh, offset, data, append)?;
-        let counters = self.handles.lock().get(&fh).map(|h| h.1.clone());
-        self.metrics
-            .add_written(counters.as_deref(), written as u64);
+        let written = self.write_inner(fh, offset, data, append, None)?;
+        self.count_written(fh, written);
         Ok(written)
     }
 
-    fn write_inner(&self, fh: u64, offset: u64, data: &[u8], append: bool) -> FsResult<u32> {
+    /// Writes like [`Vfs::write`], but calls `accepted` with the count as soon as the write is
+    /// checked and the file's new length is set, before the bytes are stored: the writer's next
+    /// `write(2)` (its read of the source, the kernel's copy to the daemon) then overlaps this
+    /// one's copy into the staging file, instead of waiting for it. The file's lock stays held
+    /// until the bytes are stored, so every read, stat, flush and commit of the file sees them.
+    /// An error storing them (a full disk) undoes the new length and is reported by the file's
+    /// later writes and its next flush (close) or fsync, as a disk file system reports a failed
+    /// writeback. Returns
+    /// `Err` without calling `accepted` for errors found before it (EBADF, EFBIG, a staging
+    /// failure); after it, the error goes to the file instead.
+    pub fn write_acknowledged(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+        accepted: &mut dyn FnMut(u32),
+    ) -> FsResult<u32> {
+        let written = self.write_inner(fh, offset, data, append, Some(accepted))?;
+        self.count_written(fh, written);
+        Ok(written)
+    }
+
+    fn count_written(&self, fh: u64, written: u32) {
+        let counters = self.handles.lock().get(&fh).map(|h| h.1.clone());
+        self.metrics
+            .add_written(counters.as_deref(), written as u64);
+    }
+
+    fn write_inner(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+        accepted: Option<&mut dyn FnMut(u32)>,
+    ) -> FsResult<u32> {
         let file = self.handle_file(fh)?;
         let mut state = file.state.lock();
+        // Every write fails until a flush or fsync has reported the error: the kernel splits
+        // a write into several requests and returns the bytes of those that went before a
+        // failed one, so the writer learns of it only from a request that fails after it.
+        if let Some(e) = state.write_error {
+            return Err(e);
+        }
         self.stage(&file, &mut state)?;
         let staged = state.staged.as_mut().ok_or(Errno::EIO)?;
         let offset = if append { staged.size } else { offset };
@@ -708,12 +762,27 @@ impl Vfs {
         if end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
-        staged.file.write_all_at(data, offset)?;
-        staged.size = staged.size.max(end);
-        staged.dirty = true;
-        let now = now_ns();
-        staged.mtime = now;
-        staged.ctime = now;
+        let Some(accepted) = accepted else {
+            staged.file.write_all_at(data, offset)?;
+            staged.store_written(end);
+            return Ok(data.len() as u32);
+        };
+        let size_before = staged.size;
+        staged.size = size_before.max(end);
+        accepted(data.len() as u32);
+        if let Err(e) = staged.file.write_all_at(data, offset) {
+            // Nothing saw the new length (the lock is held): the file is as before this
+            // write, except for bytes it overwrote, as after any failed write.
+            staged.size = size_before;
+            if end > size_before {
+                let _ = staged.file.set_len(size_before);
+            }
+            let e = Errno::from(e);
+            tracing::warn!(ino = file.ino, error = %e, "storing an acknowledged write");
+            state.write_error = Some(e);
+            return Err(e);
+        }
+        staged.store_written(end);
         Ok(data.len() as u32)
     }
 
@@ -891,12 +960,16 @@ impl Vfs {
             }
         }
         let mut state = file.state.lock();
+        let write_error = state.write_error.take();
         // The record is written here, not at the release that queues the commit: close(2)
         // returns before the kernel sends the release, and the daemon may die in between.
-        if self.may_queue(&file, &state) && self.write_record(&file, &mut state).is_some() {
-            return Ok(());
-        }
-        self.commit_locked(&file, &mut state, false)
+        let committed =
+            if self.may_queue(&file, &state) && self.write_record(&file, &mut state).is_some() {
+                Ok(())
+            } else {
+                self.commit_locked(&file, &mut state, false)
+            };
+        write_error.map_or(committed, Err)
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
@@ -905,7 +978,9 @@ impl Vfs {
         }
         let file = self.handle_file(fh)?;
         let mut state = file.state.lock();
-        self.commit_locked(&file, &mut state, false)
+        let write_error = state.write_error.take();
+        let committed = self.commit_locked(&file, &mut state, false);
+        write_error.map_or(committed, Err)
     }
 
     /// Whether the close of the file's only handle may leave the commit to the queue: there

@@ -499,12 +499,18 @@ impl Filesystem for FuseAdapter {
                 return reply.error(errno(e));
             }
         }
+        let _ = ino; // the handle says which file is written
         let append = flags.0 & libc::O_APPEND != 0;
-        match self.timed(Op::Write, |vfs| {
-            vfs.write(ino.0, fh.0, offset, data, append)
-        }) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
+        let mut reply = Some(reply);
+        let result = self.timed(Op::Write, |vfs| {
+            vfs.write_acknowledged(fh.0, offset, data, append, &mut |n| {
+                if let Some(reply) = reply.take() {
+                    reply.written(n);
+                }
+            })
+        });
+        if let (Err(e), Some(reply)) = (result, reply) {
+            reply.error(errno(e));
         }
     }
 

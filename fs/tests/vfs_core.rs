@@ -576,3 +576,57 @@ fn the_commit_thread_lands_queued_files_and_settle_waits_for_it() {
     let stored = vfs.store().catalog().read(|tx| tx.inode(ino)).unwrap();
     assert_eq!(stored.unwrap().size, 10);
 }
+
+#[test]
+fn acknowledged_writes_are_seen_by_every_reader_after_the_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let data = pseudo_random(8 << 20, 11);
+    let (attr, w) = vfs
+        .create(ROOT_INO, b"acked", 0o644, 0, libc::O_WRONLY, caller())
+        .unwrap();
+    let mut acks = Vec::new();
+    std::thread::scope(|s| {
+        let mut readers = Vec::new();
+        for (i, piece) in data.chunks(1 << 20).enumerate() {
+            let offset = (i << 20) as u64;
+            let stored = vfs
+                .write_acknowledged(w.fh, offset, piece, false, &mut |n| {
+                    acks.push(n);
+                    // A reader that starts once the writer heard "written" reads the bytes,
+                    // though they may still be on their way to the staging file.
+                    let vfs = &vfs;
+                    readers.push(s.spawn(move || {
+                        let r = vfs.open(attr.ino, libc::O_RDONLY).unwrap();
+                        let size = vfs.getattr(attr.ino).unwrap().size;
+                        let got = vfs.read(attr.ino, r.fh, offset, 1 << 20).unwrap();
+                        vfs.release(r.fh).unwrap();
+                        (offset, size, got)
+                    }));
+                })
+                .unwrap();
+            assert_eq!(stored as usize, piece.len());
+        }
+        for reader in readers {
+            let (offset, size, got) = reader.join().unwrap();
+            assert!(
+                size >= offset + (1 << 20),
+                "size {size} before the write at {offset}"
+            );
+            assert_eq!(
+                got,
+                &data[offset as usize..][..1 << 20],
+                "bytes at {offset}"
+            );
+        }
+    });
+    assert_eq!(acks, vec![1 << 20; 8]);
+    // A write refused before its acknowledgement never calls it.
+    let mut called = false;
+    let refused = vfs.write_acknowledged(w.fh + 1000, 0, b"x", false, &mut |_| called = true);
+    assert_eq!(refused.unwrap_err(), Errno::EBADF);
+    assert!(!called);
+    vfs.flush(w.fh).unwrap();
+    vfs.release(w.fh).unwrap();
+    assert_eq!(read_all(&vfs, attr.ino), data);
+}
