@@ -9,6 +9,7 @@ compared.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import sys
@@ -575,6 +576,56 @@ def test_unlink_open_file_stays_usable(m):
         os.close(fd)
     assert read_file(p) == b"new"
     assert os.listdir(m) == ["f"]
+
+
+def test_a_path_resolved_before_its_name_was_replaced_still_opens(tw):
+    """An O_PATH descriptor holds the inode its name had (no open reaches the file system);
+    reopening it after a rename replaced the name, or after an unlink, opens that inode, as
+    on a disk: the kernel still holds the inode, so the daemon keeps it until FORGET."""
+    def f(root):
+        out = []
+        write_file(root / "f", b"old")
+        write_file(root / "g", b"new")
+        held = os.open(root / "f", os.O_PATH)
+        try:
+            os.rename(root / "g", root / "f")
+            with open(f"/proc/self/fd/{held}", "rb") as r:
+                out.append(r.read())
+            os.unlink(root / "f")
+            with open(f"/proc/self/fd/{held}", "rb") as r:
+                out.append(r.read())
+        finally:
+            os.close(held)
+        out.append(os.listdir(root))
+        return out
+
+    got = assert_same(tw, f)
+    assert got[0] == [b"old", b"old", []]
+
+
+def test_an_unlinked_file_the_kernel_forgot_gives_its_space_back(mount_env):
+    m = mount_env.mount
+    p = m.path / "huggingface/hub/forgotten.bin"
+    data = os.urandom(8 << 20)
+    write_file(p, data)
+    stored = json.loads(m.cli("status", "--json").stdout)["physical_bytes"]
+    held = os.open(p, os.O_PATH)
+    try:
+        os.unlink(p)
+        with open(f"/proc/self/fd/{held}", "rb") as r:
+            assert r.read() == data
+    finally:
+        os.close(held)
+    # The kernel sends FORGET once it evicts the inode (at once for an unlinked one); gc then
+    # drops the chunks only that inode used.
+    deadline = time.monotonic() + 20
+    while True:
+        m.cli("gc")
+        now = json.loads(m.cli("status", "--json").stdout)["physical_bytes"]
+        if now <= stored - len(data):
+            break
+        assert time.monotonic() < deadline, f"stored {stored} -> {now}: the inode was kept"
+        time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -262,6 +262,14 @@ impl FuseAdapter {
     }
 }
 
+impl FuseAdapter {
+    /// Replies with an entry, which the kernel holds as one lookup until FORGET.
+    fn entry(&self, reply: ReplyEntry, attr: &crate::attr::Attr) {
+        self.vfs.entry_given(attr.ino);
+        reply.entry(&TTL, &file_attr(attr), Generation(0));
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
@@ -294,11 +302,17 @@ impl Filesystem for FuseAdapter {
         if let Err(e) = self.vfs.commit_all() {
             tracing::error!(error = %e, "committing open files at unmount");
         }
+        self.vfs.forget_everything();
+    }
+
+    // BATCH_FORGET comes here too (fuser's default `batch_forget`).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.forget(ino.0, nlookup);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.timed(Op::Lookup, |vfs| vfs.lookup(parent.0, name.as_bytes())) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -364,7 +378,7 @@ impl Filesystem for FuseAdapter {
             .vfs
             .mknod(parent.0, name.as_bytes(), mode, umask, rdev, caller(req))
         {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -382,7 +396,7 @@ impl Filesystem for FuseAdapter {
             .vfs
             .mkdir(parent.0, name.as_bytes(), mode, umask, caller(req))
         {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -415,7 +429,7 @@ impl Filesystem for FuseAdapter {
             target.as_os_str().as_bytes(),
             caller(req),
         ) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -453,7 +467,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.vfs.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -617,6 +631,10 @@ impl Filesystem for FuseAdapter {
                     ) {
                         break;
                     }
+                    // The kernel takes a lookup of every entry but `.` and `..`.
+                    if e.name != b"." && e.name != b".." {
+                        self.vfs.entry_given(e.ino);
+                    }
                 }
                 reply.ok();
             }
@@ -720,13 +738,16 @@ impl Filesystem for FuseAdapter {
             .vfs
             .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req))
         {
-            Ok((a, o)) => reply.created(
-                &TTL,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(o.fh),
-                open_flags(&o),
-            ),
+            Ok((a, o)) => {
+                self.vfs.entry_given(a.ino);
+                reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    open_flags(&o),
+                )
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -6,6 +6,7 @@ mod committer;
 pub mod errno;
 pub mod files;
 pub mod fuse;
+mod kernel_refs;
 pub mod metrics;
 mod passthrough;
 pub mod platform;

@@ -94,6 +94,8 @@ pub struct Vfs {
     /// synthesized inode until its entry invalidation (sent by another thread) arrives, and
     /// must then find the real file there.
     pub(crate) materialized: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+    /// The kernel's lookups, and the unlinked inodes kept for them (see `kernel_refs`).
+    pub(crate) kernel_refs: crate::kernel_refs::KernelRefs,
     pub metrics: Metrics,
 }
 
@@ -147,6 +149,7 @@ impl Vfs {
             committer: Default::default(),
             commits: AtomicU64::new(0),
             materialized: Mutex::new(HashMap::new()),
+            kernel_refs: Default::default(),
             metrics: Metrics::default(),
         };
         let staging = vfs.store.staging_dir();
@@ -594,12 +597,21 @@ impl Vfs {
     }
 
     /// Deletes an inode with no names left unless an open file holds it (its last release
-    /// does it then). Checked and deleted under the open-files lock, which open takes before
+    /// does it then) or the kernel still knows it (its FORGET does it then; see
+    /// `kernel_refs`). Checked and deleted under the open-files lock, which open takes before
     /// it reads the inode: an open racing the unlink either holds the inode first, or finds
     /// it gone.
     pub(crate) fn delete_if_unlinked_and_closed(&self, ino: u64) -> FsResult<()> {
         let files = self.files.lock();
         if files.contains_key(&ino) {
+            return Ok(());
+        }
+        let unlinked = || {
+            // Unsure counts as unlinked: the deletion at FORGET checks again.
+            self.read_tx(|tx| tx.inode(ino))
+                .map_or(true, |inode| inode.is_some_and(|i| i.nlink == 0))
+        };
+        if self.kernel_refs.keep_if_held(ino, unlinked) {
             return Ok(());
         }
         self.write_tx(|tx| {
@@ -608,6 +620,35 @@ impl Vfs {
         })?;
         drop(files);
         Ok(())
+    }
+
+    /// The kernel was handed an entry for `ino` (a lookup, create, mkdir, mknod, symlink or
+    /// link reply, or a readdirplus entry other than `.` and `..`): it now holds one lookup
+    /// more, until FORGET ([`Vfs::forget`]).
+    pub fn entry_given(&self, ino: u64) {
+        if ino != ROOT_INO && !is_virtual(ino) {
+            self.kernel_refs.looked_up(ino);
+        }
+    }
+
+    /// FORGET: the kernel drops `count` lookups of `ino`; an unlinked, closed inode kept for
+    /// them is deleted with the last.
+    pub fn forget(&self, ino: u64, count: u64) {
+        if self.kernel_refs.forget(ino, count) {
+            if let Err(e) = self.delete_if_unlinked_and_closed(ino) {
+                tracing::warn!(ino, error = %e, "deleting an unlinked file the kernel forgot");
+            }
+        }
+    }
+
+    /// The mount is going away and the kernel with it: deletes every unlinked inode kept for
+    /// the kernel (those still open are deleted at their release, or at the next start).
+    pub fn forget_everything(&self) {
+        for ino in self.kernel_refs.take_kept() {
+            if let Err(e) = self.delete_if_unlinked_and_closed(ino) {
+                tracing::warn!(ino, error = %e, "deleting an unlinked file at unmount");
+            }
+        }
     }
 
     /// Removes an entry inside a transaction. Returns the inode if that was its last name: the

@@ -630,3 +630,28 @@ fn acknowledged_writes_are_seen_by_every_reader_after_the_acknowledgement() {
     vfs.release(w.fh).unwrap();
     assert_eq!(read_all(&vfs, attr.ino), data);
 }
+
+#[test]
+fn an_unlinked_inode_the_kernel_still_holds_opens_until_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = open_vfs(dir.path());
+    let ino = write_file(&vfs, ROOT_INO, b"held", b"old bytes");
+    let forgotten = write_file(&vfs, ROOT_INO, b"not-held", b"gone");
+    vfs.entry_given(ino);
+    vfs.entry_given(ino);
+    vfs.unlink(ROOT_INO, b"held").unwrap();
+    vfs.unlink(ROOT_INO, b"not-held").unwrap();
+    assert_eq!(read_all(&vfs, ino), b"old bytes");
+    assert!(vfs.open(forgotten, libc::O_RDONLY).is_err());
+    vfs.forget(ino, 1);
+    assert_eq!(
+        read_all(&vfs, ino),
+        b"old bytes",
+        "one lookup is still held"
+    );
+    vfs.forget(ino, 1);
+    assert_eq!(
+        vfs.open(ino, libc::O_RDONLY).unwrap_err(),
+        Errno(libc::ESTALE)
+    );
+}
