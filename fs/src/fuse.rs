@@ -260,9 +260,7 @@ impl FuseAdapter {
         self.vfs.metrics.record(op, started, result.is_ok());
         result
     }
-}
 
-impl FuseAdapter {
     /// Replies with an entry, which the kernel holds as one lookup until FORGET.
     fn entry(&self, reply: ReplyEntry, attr: &crate::attr::Attr) {
         self.vfs.entry_given(attr.ino);
@@ -513,7 +511,6 @@ impl Filesystem for FuseAdapter {
                 return reply.error(errno(e));
             }
         }
-        let _ = ino; // the handle says which file is written
         let append = flags.0 & libc::O_APPEND != 0;
         let mut reply = Some(reply);
         let result = self.timed(Op::Write, |vfs| {
