@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
@@ -119,10 +121,140 @@ impl<'s> NewChunks<'s> {
     }
 }
 
+/// Alignment of O_DIRECT buffers, offsets and lengths (the largest logical block size in use).
+const DIRECT_ALIGN: usize = 4096;
+/// How the staging names of [`DirectCopy`] files end.
+pub(crate) const DIRECT_COPY_SUFFIX: &str = ".import-copy";
+/// Bytes per O_DIRECT write of [`DirectCopy::write`].
+const DIRECT_PIECE: usize = 8 << 20;
+
+/// A file in the staging directory opened with O_DIRECT, for a copy of a file being imported
+/// (see `Store::store_copying`). Removed by its user; one a crash left is removed when the
+/// store is next opened (`Store::recover`).
+struct DirectCopy {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl DirectCopy {
+    /// None where the file system refuses O_DIRECT (or the staging directory is unusable): the
+    /// caller stores chunk by chunk instead.
+    fn create(staging: &Path) -> Option<DirectCopy> {
+        use std::os::unix::fs::OpenOptionsExt;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        std::fs::create_dir_all(staging).ok()?;
+        let path = staging.join(format!(
+            "import-{}-{}{DIRECT_COPY_SUFFIX}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        #[cfg(target_os = "linux")]
+        let direct = libc::O_DIRECT;
+        #[cfg(not(target_os = "linux"))]
+        return None;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(direct)
+            .open(&path)
+            .map_err(|e| tracing::debug!(error = %e, "no O_DIRECT copy"))
+            .ok()?;
+        Some(DirectCopy { file, path })
+    }
+
+    /// Copies `data` (page-aligned) into the file; Ok(false) when `stop` was set first.
+    fn write(&self, data: &[u8], stop: &std::sync::atomic::AtomicBool) -> std::io::Result<bool> {
+        let aligned = data.len() - data.len() % DIRECT_ALIGN;
+        let mut offset = 0;
+        while offset < aligned {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let end = aligned.min(offset + DIRECT_PIECE);
+            self.file.write_all_at(&data[offset..end], offset as u64)?;
+            offset = end;
+        }
+        if aligned < data.len() {
+            // The last partial block goes from an aligned buffer, padded, and is cut back.
+            let mut buf = vec![0u8; 2 * DIRECT_ALIGN];
+            let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+            let block = &mut buf[at..at + DIRECT_ALIGN];
+            block[..data.len() - aligned].copy_from_slice(&data[aligned..]);
+            self.file.write_all_at(block, aligned as u64)?;
+            self.file.set_len(data.len() as u64)?;
+        }
+        Ok(!stop.load(Ordering::Relaxed))
+    }
+}
+
 impl Store {
     /// Chunks, hashes and stores `data`; nothing is visible until [`Store::commit`].
     pub fn prepare(&self, data: &[u8]) -> Result<PreparedContent> {
+        if (data.len() as u64) >= self.options.raw_pack_min_file
+            && (data.as_ptr() as usize) % DIRECT_ALIGN == 0
+        {
+            if let Some(copy) = DirectCopy::create(&self.staging_dir()) {
+                return self.prepare_with(data, |whole| self.store_copying(data, whole, copy));
+            }
+        }
         self.prepare_with(data, |whole| self.store_chunks(data, whole))
+    }
+
+    /// Stores a big file's chunks by copying the whole file aside with O_DIRECT while its
+    /// chunks are hashed, then adopting the copy as its raw pack if every chunk is new (see
+    /// `Packs::adopt_raw`); else the new chunks are stored one by one, as [`Store::store_chunks`]
+    /// does. The copy goes from the source's pages to the disk without a stop in the page
+    /// cache: writing the pack through the page cache cost a third of an import's CPU
+    /// (docs/PERFORMANCE.md). It stops at the first chunk the store already has, so importing
+    /// a file the store mostly holds writes little more than its new chunks. Nothing names
+    /// the copy's chunks before it is complete and adopted.
+    fn store_copying(
+        &self,
+        data: &[u8],
+        whole: &mut blake3::Hasher,
+        copy: DirectCopy,
+    ) -> Result<(Vec<PreparedChunk>, u64)> {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (spans, copied) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| copy.write(data, &stop));
+            let spans = chunk_spans(data, &self.options.chunker)
+                .into_iter()
+                .map(|span| {
+                    let start = span.offset as usize;
+                    let (hash, cvs) = hash_in_order(&data[start..start + span.len as usize], whole);
+                    if !stop.load(Ordering::Relaxed) && self.known_chunk(&hash)?.is_some() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    Ok((span.offset, hash, cvs, span.len))
+                })
+                .collect::<Result<Vec<_>>>();
+            if spans.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let copied = writer
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (spans, copied)
+        });
+        // Closed first: an unlinked file still open keeps its room (on tmpfs, its pages).
+        let DirectCopy { file, path } = copy;
+        drop(file);
+        let adopt = match copied {
+            Ok(complete) => complete,
+            Err(e) => {
+                tracing::debug!(error = %e, "O_DIRECT copy failed; storing chunk by chunk");
+                false
+            }
+        };
+        if !adopt {
+            // Its room goes back before the chunks are stored (the copy may have filled the disk).
+            let _ = std::fs::remove_file(&path);
+        }
+        let stored =
+            spans.and_then(|spans| self.store_hashed(data, adopt.then_some(path.as_path()), spans));
+        // Adoption linked the copy into the packs: its staging name goes either way.
+        let _ = std::fs::remove_file(&path);
+        stored
     }
 
     /// Runs `store` (which chunks `data`, stores the chunks, and feeds them in order to the
@@ -195,27 +327,29 @@ impl Store {
                         (span.offset, hash, cvs, span.len)
                     })
                     .collect();
-            self.store_hashed(data, path, spans)
+            self.store_hashed(data, Some(path), spans)
         })
     }
 
-    /// Stores chunks cut and hashed already: by adopting the file at `path` as their raw pack
-    /// when all are new and distinct, else one by one.
+    /// Stores chunks cut and hashed already: by adopting the file at `path` (a copy of `data`)
+    /// as their raw pack when all are new and distinct, else one by one.
     fn store_hashed(
         &self,
         data: &[u8],
-        path: &Path,
+        path: Option<&Path>,
         spans: Vec<(u64, ChunkHash, Vec<u8>, u32)>,
     ) -> Result<(Vec<PreparedChunk>, u64)> {
         let mut distinct = HashSet::with_capacity(spans.len());
-        let mut all_new = true;
+        let mut all_new = path.is_some();
         for (_, hash, _, _) in &spans {
-            if !distinct.insert(*hash) || self.known_chunk(hash)?.is_some() {
-                all_new = false;
+            if !all_new {
                 break;
             }
+            if !distinct.insert(*hash) || self.known_chunk(hash)?.is_some() {
+                all_new = false;
+            }
         }
-        if all_new {
+        if let (true, Some(path)) = (all_new, path) {
             let entries: Vec<(ChunkHash, u32)> = spans.iter().map(|s| (s.1, s.3)).collect();
             let pack = self.packs.adopt_raw(path, &entries)?;
             let mut pending = self.pending.lock();

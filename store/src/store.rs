@@ -154,6 +154,19 @@ impl Store {
     /// open.
     fn recover(&self) -> Result<()> {
         self.drop_uncommitted_pack_bytes()?;
+        // Copies an import made aside and did not adopt (see `ingest::DirectCopy`); the mount's
+        // own staging files are its business (fs recovers queued commits from them).
+        if let Ok(dir) = std::fs::read_dir(self.staging_dir()) {
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                if name
+                    .to_str()
+                    .is_some_and(|n| n.ends_with(crate::ingest::DIRECT_COPY_SUFFIX))
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let orphans = self.catalog.read(|tx| tx.orphan_inodes())?;
         if !orphans.is_empty() {
             self.catalog.write(|tx| {
@@ -761,6 +774,68 @@ mod tests {
         let mut got = vec![0u8; data.len()];
         assert_eq!(store.read(&map, 0, &mut got).unwrap(), data.len());
         assert!(got == data);
+    }
+
+    #[test]
+    fn a_mapped_big_file_is_copied_aside_and_adopted_unless_the_store_has_some_of_it() {
+        use crate::ingest::MappedFile;
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
+        let import = |data: &[u8], name: &str| {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, data).unwrap();
+            let mapped = MappedFile::open(&path).unwrap();
+            let prepared = store.prepare(&mapped).unwrap();
+            let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
+            let leftovers = std::fs::read_dir(store.staging_dir()).map_or(0, |d| d.count());
+            assert_eq!(leftovers, 0, "the copy's staging name is gone");
+            (id, path, prepared.new_bytes)
+        };
+        let read_back = |id: i64, len: usize| {
+            let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
+            let mut got = vec![0u8; len];
+            assert_eq!(store.read(&map, 0, &mut got).unwrap(), len);
+            got
+        };
+        // Not a multiple of the O_DIRECT block: the tail is padded, then cut back.
+        let data = random((3 << 20) + 1234, 31);
+        let (id, source, new_bytes) = import(&data, "source-a");
+        assert_eq!(new_bytes, data.len() as u64);
+        let (pack, mut file) = store
+            .passthrough_pack(id, data.len() as u64)
+            .unwrap()
+            .expect("one raw pack holds the file");
+        assert!(store.packs.is_raw(pack));
+        assert_ne!(
+            file.metadata().unwrap().ino(),
+            std::fs::metadata(&source).unwrap().ino(),
+            "the pack is a copy, not the user's file"
+        );
+        let mut on_disk = Vec::new();
+        file.read_to_end(&mut on_disk).unwrap();
+        assert!(on_disk == data, "the raw pack is the file's bytes");
+        assert!(read_back(id, data.len()) == data);
+
+        // Most chunks known: only the new ones are stored, none twice.
+        let mut mixed = data[..2 << 20].to_vec();
+        mixed.extend(random(2 << 20, 32));
+        let (mixed_id, _, new_bytes) = import(&mixed, "source-b");
+        assert!((2 << 20..(2 << 20) + (256 << 10)).contains(&new_bytes));
+        assert!(read_back(mixed_id, mixed.len()) == mixed);
+
+        // Reopened, both read back, and a copy a crashed import left is gone.
+        let left = store.staging_dir().join("import-1-1.import-copy");
+        std::fs::write(&left, b"partial").unwrap();
+        drop(store);
+        let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+        assert!(!left.exists());
+        for (id, bytes) in [(id, &data), (mixed_id, &mixed)] {
+            let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
+            let mut got = vec![0u8; bytes.len()];
+            assert_eq!(store.read(&map, 0, &mut got).unwrap(), bytes.len());
+            assert!(&got == bytes);
+        }
     }
 
     #[test]
