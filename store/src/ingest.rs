@@ -139,6 +139,12 @@ struct DirectCopy {
 impl DirectCopy {
     /// None where the file system refuses O_DIRECT (or the staging directory is unusable): the
     /// caller stores chunk by chunk instead.
+    #[cfg(not(target_os = "linux"))]
+    fn create(_staging: &Path) -> Option<DirectCopy> {
+        None
+    }
+
+    #[cfg(target_os = "linux")]
     fn create(staging: &Path) -> Option<DirectCopy> {
         use std::os::unix::fs::OpenOptionsExt;
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -148,14 +154,10 @@ impl DirectCopy {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        #[cfg(target_os = "linux")]
-        let direct = libc::O_DIRECT;
-        #[cfg(not(target_os = "linux"))]
-        return None;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .custom_flags(direct)
+            .custom_flags(libc::O_DIRECT)
             .open(&path)
             .map_err(|e| tracing::debug!(error = %e, "no O_DIRECT copy"))
             .ok()?;
