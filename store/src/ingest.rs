@@ -61,6 +61,9 @@ impl std::ops::Deref for MappedFile {
     }
 }
 
+/// One chunk cut and hashed: its offset in the file, id, block CVs and length.
+type HashedSpan = (u64, ChunkHash, Vec<u8>, u32);
+
 /// Hashes one chunk and feeds it to the whole-file BLAKE3: chunks must come in file order.
 fn hash_in_order(bytes: &[u8], whole: &mut blake3::Hasher) -> (ChunkHash, Vec<u8>) {
     whole.update(bytes);
@@ -219,17 +222,12 @@ impl Store {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (spans, copied) = std::thread::scope(|scope| {
             let writer = scope.spawn(|| copy.write(data, &stop));
-            let spans = chunk_spans(data, &self.options.chunker)
-                .into_iter()
-                .map(|span| {
-                    let start = span.offset as usize;
-                    let (hash, cvs) = hash_in_order(&data[start..start + span.len as usize], whole);
-                    if !stop.load(Ordering::Relaxed) && self.known_chunk(&hash)?.is_some() {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                    Ok((span.offset, hash, cvs, span.len))
-                })
-                .collect::<Result<Vec<_>>>();
+            let spans = self.hash_spans(data, whole, |hash| {
+                if !stop.load(Ordering::Relaxed) && self.known_chunk(hash)?.is_some() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            });
             if spans.is_err() {
                 stop.store(true, Ordering::Relaxed);
             }
@@ -319,18 +317,28 @@ impl Store {
             return self.prepare(data);
         }
         self.prepare_with(data, |whole| {
-            let spans: Vec<(u64, ChunkHash, Vec<u8>, u32)> =
-                chunk_spans(data, &self.options.chunker)
-                    .into_iter()
-                    .map(|span| {
-                        let start = span.offset as usize;
-                        let (hash, cvs) =
-                            hash_in_order(&data[start..start + span.len as usize], whole);
-                        (span.offset, hash, cvs, span.len)
-                    })
-                    .collect();
+            let spans = self.hash_spans(data, whole, |_| Ok(()))?;
             self.store_hashed(data, Some(path), spans)
         })
+    }
+
+    /// Cuts `data` and hashes every chunk in file order (feeding the whole-file BLAKE3), telling
+    /// `each` every chunk id as it is made.
+    fn hash_spans(
+        &self,
+        data: &[u8],
+        whole: &mut blake3::Hasher,
+        mut each: impl FnMut(&ChunkHash) -> Result<()>,
+    ) -> Result<Vec<HashedSpan>> {
+        chunk_spans(data, &self.options.chunker)
+            .into_iter()
+            .map(|span| {
+                let start = span.offset as usize;
+                let (hash, cvs) = hash_in_order(&data[start..start + span.len as usize], whole);
+                each(&hash)?;
+                Ok((span.offset, hash, cvs, span.len))
+            })
+            .collect()
     }
 
     /// Stores chunks cut and hashed already: by adopting the file at `path` (a copy of `data`)
@@ -339,16 +347,14 @@ impl Store {
         &self,
         data: &[u8],
         path: Option<&Path>,
-        spans: Vec<(u64, ChunkHash, Vec<u8>, u32)>,
+        spans: Vec<HashedSpan>,
     ) -> Result<(Vec<PreparedChunk>, u64)> {
         let mut distinct = HashSet::with_capacity(spans.len());
         let mut all_new = path.is_some();
-        for (_, hash, _, _) in &spans {
-            if !all_new {
-                break;
-            }
+        for (_, hash, _, _) in spans.iter().take_while(|_| path.is_some()) {
             if !distinct.insert(*hash) || self.known_chunk(hash)?.is_some() {
                 all_new = false;
+                break;
             }
         }
         if let (true, Some(path)) = (all_new, path) {
