@@ -25,6 +25,7 @@ use crate::error::{Result as StoreResult, StoreError};
 use crate::ingest::MappedFile;
 use crate::models::{is_sha256_hex, parse_ollama_manifest, HF_ROOT, OLLAMA_ROOT};
 use crate::namespace::{now_ns, Inode, NewInode, NodeKind};
+use crate::prepare_pool::{PreparePool, Preparing};
 use crate::store::Store;
 use crate::ChunkHash;
 
@@ -36,6 +37,9 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Files are committed in batches of at most this many operations or bytes.
 const BATCH_OPS: usize = 512;
 const BATCH_BYTES: u64 = 1 << 30;
+/// Files at least this big are prepared on the import's worker threads; smaller ones on the
+/// walking thread, where handing them over would cost more than it overlaps.
+const POOL_MIN_FILE: u64 = 1 << 20;
 /// Progress granularity while hashing a large file.
 const PROGRESS_PIECE: usize = 32 << 20;
 
@@ -862,6 +866,49 @@ enum Op {
     },
 }
 
+impl Op {
+    /// Source bytes the op records (for batch limits).
+    fn bytes(&self) -> u64 {
+        match self {
+            Op::File { meta, .. } => meta.size,
+            _ => 0,
+        }
+    }
+
+    /// Bytes the op's content added to the packs, which must be durable before it commits.
+    fn new_bytes(&self) -> u64 {
+        match self {
+            Op::File {
+                content: Content::Prepared(p),
+                ..
+            } => p.new_bytes,
+            _ => 0,
+        }
+    }
+}
+
+/// An entry of an import's uncommitted batch.
+enum Queued {
+    Ready(Op),
+    /// A file whose content a worker is still preparing.
+    Preparing(PendingFile, Preparing),
+}
+
+/// What becomes of a file once its content is prepared (see `Importer::finish_file`).
+struct PendingFile {
+    parent: u64,
+    name: Vec<u8>,
+    meta: Meta,
+    path: String,
+    link_key: Option<(u64, u64)>,
+    /// The SHA-256 the file's name claims, checked against the prepared content.
+    claimed: Option<[u8; 32]>,
+    warnings: Vec<String>,
+    /// Whether its bytes count as read only when prepared (else they were counted while
+    /// hashing the source).
+    read_progress: bool,
+}
+
 /// What applying an op did.
 enum Applied {
     File,
@@ -1038,9 +1085,10 @@ struct Importer<'a> {
     report: &'a mut ImportReport,
     /// Namespace inodes of the directories being walked (innermost last).
     stack: Vec<u64>,
-    ops: Vec<Op>,
-    ops_bytes: u64,
-    ops_need_sync: bool,
+    /// The batch not yet committed, in walk order.
+    queue: Vec<Queued>,
+    /// Big files are prepared on these workers while the walk goes on.
+    pool: &'a PreparePool,
     /// Source (dev, ino) of multiply-linked files → their namespace inode.
     links: &'a mut HashMap<(u64, u64), u64>,
     /// Source (dev, ino) of multiply-linked files queued or imported in this run.
@@ -1048,17 +1096,35 @@ struct Importer<'a> {
 }
 
 impl Importer<'_> {
+    /// Waits for every file in flight and commits the whole batch.
     fn flush(&mut self) -> StoreResult<()> {
-        if self.ops.is_empty() {
+        while self.resolve_oldest(true)? {}
+        self.commit_ready()
+    }
+
+    /// Commits the ops at the head of the batch that are ready (up to the first file still
+    /// being prepared), so the catalog sees files in walk order.
+    fn commit_ready(&mut self) -> StoreResult<()> {
+        let ready = self
+            .queue
+            .iter()
+            .take_while(|q| matches!(q, Queued::Ready(_)))
+            .count();
+        if ready == 0 {
             return Ok(());
         }
-        if self.ops_need_sync {
+        let ops: Vec<Op> = self
+            .queue
+            .drain(..ready)
+            .filter_map(|q| match q {
+                Queued::Ready(op) => Some(op),
+                Queued::Preparing(..) => None,
+            })
+            .collect();
+        if ops.iter().any(|op| op.new_bytes() > 0) {
             // Contents are committed only after the chunks they reference are durable.
             self.store.packs().sync()?;
         }
-        let ops = std::mem::take(&mut self.ops);
-        self.ops_bytes = 0;
-        self.ops_need_sync = false;
         let links = &mut *self.links;
         let outcomes = self.store.catalog().write(|tx| {
             ops.iter()
@@ -1069,6 +1135,55 @@ impl Importer<'_> {
             self.count(outcome);
         }
         Ok(())
+    }
+
+    /// Finishes the first file of the batch still being prepared (waiting for it only if
+    /// `block`); whether there was one to finish.
+    fn resolve_oldest(&mut self, block: bool) -> StoreResult<bool> {
+        let Some(at) = self
+            .queue
+            .iter()
+            .position(|q| matches!(q, Queued::Preparing(..)))
+        else {
+            return Ok(false);
+        };
+        let Queued::Preparing(_, preparing) = &self.queue[at] else {
+            unreachable!("found above")
+        };
+        let prepared = if block {
+            preparing.wait()
+        } else {
+            match preparing.try_wait() {
+                Some(prepared) => prepared,
+                None => return Ok(false),
+            }
+        };
+        let Queued::Preparing(file, _) = self.queue.remove(at) else {
+            unreachable!("found above")
+        };
+        if let Some(op) = self.finish_file(file, prepared?) {
+            self.queue.insert(at, Queued::Ready(op));
+        }
+        Ok(true)
+    }
+
+    fn preparing_count(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|q| matches!(q, Queued::Preparing(..)))
+            .count()
+    }
+
+    /// Whether a file of the uncommitted batch has (or claims) this SHA-256.
+    fn batch_has_digest(&self, sha256: &[u8; 32]) -> bool {
+        self.queue.iter().any(|q| match q {
+            Queued::Ready(Op::File {
+                content: Content::Prepared(p),
+                ..
+            }) => p.sha256 == *sha256,
+            Queued::Preparing(file, _) => file.claimed == Some(*sha256),
+            _ => false,
+        })
     }
 
     fn count(&mut self, outcome: Applied) {
@@ -1084,11 +1199,31 @@ impl Importer<'_> {
         }
     }
 
-    fn push(&mut self, op: Op, bytes: u64, new_bytes: u64) -> StoreResult<()> {
-        self.ops.push(op);
-        self.ops_bytes += bytes;
-        self.ops_need_sync |= new_bytes > 0;
-        if self.ops.len() >= BATCH_OPS || self.ops_bytes >= BATCH_BYTES {
+    fn push(&mut self, op: Op) -> StoreResult<()> {
+        self.queue.push(Queued::Ready(op));
+        self.after_queueing()
+    }
+
+    /// Keeps the batch within its limits: finished files are picked up, no more files wait
+    /// for the pool than it can take, and full batches are committed.
+    fn after_queueing(&mut self) -> StoreResult<()> {
+        while self.resolve_oldest(false)? {}
+        while self.preparing_count() > self.pool.capacity() {
+            self.resolve_oldest(true)?;
+        }
+        let (ops, bytes) = self
+            .queue
+            .iter()
+            .take_while(|q| matches!(q, Queued::Ready(_)))
+            .fold((0, 0), |(n, b), q| match q {
+                Queued::Ready(op) => (n + 1, b + op.bytes()),
+                Queued::Preparing(..) => (n, b),
+            });
+        if ops >= BATCH_OPS || bytes >= BATCH_BYTES {
+            self.commit_ready()?;
+        }
+        if self.queue.len() >= 2 * BATCH_OPS {
+            // Many small files behind one still being prepared.
             self.flush()?;
         }
         Ok(())
@@ -1155,7 +1290,7 @@ impl Importer<'_> {
                     key,
                     path: shown,
                 };
-                return self.push(op, 0, 0);
+                return self.push(op);
             }
         }
         let progress = self.progress;
@@ -1167,7 +1302,10 @@ impl Importer<'_> {
         // A digest-named file: ask the store before reading anything.
         let mut stored = None;
         if let Some(want) = claimed {
-            self.flush()?;
+            // The lookups below must see a file of this batch with the same digest.
+            if self.batch_has_digest(&want) {
+                self.flush()?;
+            }
             let links = &mut *self.links;
             let verify_sources = self.options.verify_sources;
             let (attached, found) = self.store.catalog().write(|tx| {
@@ -1281,34 +1419,56 @@ impl Importer<'_> {
             }
         }
 
-        let prepared = self.store.prepare(&data)?;
-        if sha.is_none() {
-            progress(meta.size);
-        }
-        drop(data);
-        if let Some(want) = claimed {
-            if prepared.sha256 != want {
-                // Its chunks stay unreferenced in the pack until gc (or recovery) drops them.
-                self.report.skipped.push(Skipped {
-                    path: shown,
-                    reason: sha_mismatch(&prepared.sha256, &want),
-                });
-                return Ok(());
-            }
-        }
-        self.add_warnings(&shown, warnings);
-        self.report.bytes += meta.size;
-        let new_bytes = prepared.new_bytes;
-        self.report.new_bytes += new_bytes;
-        let op = Op::File {
+        let file = PendingFile {
             parent,
             name,
             meta,
-            content: Content::Prepared(prepared),
             path: shown,
             link_key,
+            claimed,
+            warnings,
+            read_progress: sha.is_none(),
         };
-        self.push(op, meta.size, new_bytes)
+        if meta.size >= POOL_MIN_FILE {
+            let preparing = self.pool.submit(data);
+            self.queue.push(Queued::Preparing(file, preparing));
+            return self.after_queueing();
+        }
+        let prepared = self.store.prepare(&data)?;
+        drop(data);
+        match self.finish_file(file, prepared) {
+            Some(op) => self.push(op),
+            None => Ok(()),
+        }
+    }
+
+    /// The op that records a file whose content is prepared, or `None` when the content is
+    /// not what the file's name claims (reported as skipped).
+    fn finish_file(&mut self, file: PendingFile, prepared: PreparedContent) -> Option<Op> {
+        if file.read_progress {
+            (self.progress)(file.meta.size);
+        }
+        if let Some(want) = file.claimed {
+            if prepared.sha256 != want {
+                // Its chunks stay unreferenced in the pack until gc (or recovery) drops them.
+                self.report.skipped.push(Skipped {
+                    path: file.path,
+                    reason: sha_mismatch(&prepared.sha256, &want),
+                });
+                return None;
+            }
+        }
+        self.add_warnings(&file.path, file.warnings);
+        self.report.bytes += file.meta.size;
+        self.report.new_bytes += prepared.new_bytes;
+        Some(Op::File {
+            parent: file.parent,
+            name: file.name,
+            meta: file.meta,
+            content: Content::Prepared(prepared),
+            path: file.path,
+            link_key: file.link_key,
+        })
     }
 
     fn add_warnings(&mut self, path: &str, messages: Vec<String>) {
@@ -1331,7 +1491,7 @@ impl Visit for Importer<'_> {
 
     fn leave_dir(&mut self, _rel: &[Vec<u8>], meta: &Meta) -> StoreResult<()> {
         let ino = self.stack.pop().expect("balanced enter/leave");
-        self.push(Op::DirAttrs { ino, meta: *meta }, 0, 0)
+        self.push(Op::DirAttrs { ino, meta: *meta })
     }
 
     fn file(&mut self, rel: &[Vec<u8>], path: &Path, file: FileRef) -> StoreResult<()> {
@@ -1353,7 +1513,7 @@ impl Visit for Importer<'_> {
             target,
             path: path.display().to_string(),
         };
-        self.push(op, 0, 0)
+        self.push(op)
     }
 
     fn skip(&mut self, path: &Path, reason: String) {
@@ -1398,24 +1558,27 @@ impl Store {
         };
         let mut links = HashMap::new();
         let mut seen_links = HashSet::new();
-        for source in &sources {
-            tracing::info!(path = %source.path.display(), layout = source.layout.as_str(), "importing");
-            let mut importer = Importer {
-                store: self,
-                options,
-                progress,
-                layout: source.layout,
-                report: &mut report,
-                stack: Vec::new(),
-                ops: Vec::new(),
-                ops_bytes: 0,
-                ops_need_sync: false,
-                links: &mut links,
-                seen_links: &mut seen_links,
-            };
-            Walker { source }.run(&mut importer)?;
-            importer.flush()?;
-        }
+        std::thread::scope(|scope| {
+            let pool = PreparePool::start(scope, self, crate::prepare_pool::workers());
+            for source in &sources {
+                tracing::info!(path = %source.path.display(), layout = source.layout.as_str(), "importing");
+                let mut importer = Importer {
+                    store: self,
+                    options,
+                    progress,
+                    layout: source.layout,
+                    report: &mut report,
+                    stack: Vec::new(),
+                    queue: Vec::new(),
+                    pool: &pool,
+                    links: &mut links,
+                    seen_links: &mut seen_links,
+                };
+                Walker { source }.run(&mut importer)?;
+                importer.flush()?;
+            }
+            Ok::<_, ImportError>(())
+        })?;
         Ok(report)
     }
 }
@@ -1932,6 +2095,16 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
             .collect()
+    }
+
+    /// Bytes that do not repeat (so every chunk of them is distinct).
+    fn noise(seed: u8, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(&[seed])
+            .finalize_xof()
+            .fill(&mut bytes);
+        bytes
     }
 
     fn weights(seed: u8) -> Vec<u8> {
@@ -2506,6 +2679,90 @@ mod tests {
         assert!(skipped_reason(&report, "locked.txt")
             .unwrap()
             .starts_with("unreadable"));
+    }
+
+    /// Big files go to the import's workers, several at once: files sharing chunks still
+    /// store each chunk once, a wrong digest among them is still caught, and a hard link
+    /// queued behind its file still finds it.
+    #[test]
+    fn files_prepared_at_once_share_chunks_and_keep_their_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = tmp.path().join("hub");
+        let big = |seeds: &[u8]| {
+            let tensors: Vec<_> = seeds
+                .iter()
+                .enumerate()
+                .map(|(i, &seed)| {
+                    (
+                        ["a.weight", "b.weight", "c.weight"][i],
+                        "F16",
+                        vec![512, 1024],
+                        noise(seed, 1 << 20),
+                    )
+                })
+                .collect();
+            make_safetensors(&tensors)
+        };
+        let base = big(&[10, 11, 12]);
+        // Two thirds shared with base, and next to it in walk order: both are in flight at once.
+        let tuned = big(&[10, 11, 20]);
+        let other = big(&[30, 31, 32]);
+        let blob = |repo: &str, data: &[u8], name: &str| {
+            let path = hub.join(format!("models--org--{repo}/blobs/{name}"));
+            write(&path, data);
+            path
+        };
+        blob("a-base", &base, &sha_hex(&base));
+        blob("c-copy", &base, &sha_hex(&base));
+        let tuned_path = blob("b-tuned", &tuned, &sha_hex(&tuned));
+        std::fs::hard_link(&tuned_path, hub.join("models--org--b-tuned/blobs/again")).unwrap();
+        // Named for content the store does not have, holds other: read, and skipped.
+        blob("liar", &other, &sha_hex(&big(&[40, 41, 42])));
+        let store = Store::open(
+            &tmp.path().join("store"),
+            StoreOptions {
+                chunker: ChunkerConfig::with_avg(64 << 10),
+                raw_pack_min_file: 1 << 20,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let read = std::cell::Cell::new(0u64);
+        let report = store
+            .import(std::slice::from_ref(&hub), &|n| read.set(read.get() + n))
+            .unwrap();
+        let liar = skipped_reason(&report, &sha_hex(&big(&[40, 41, 42])));
+        let truth = format!("content SHA-256 is {}", sha_hex(&other));
+        assert!(liar.is_some_and(|r| r.starts_with(&truth)), "{liar:?}");
+        assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
+        assert_eq!(report.files, 4);
+        assert_eq!(report.hardlinks, 1);
+        assert_eq!(
+            read.get(),
+            import_total_bytes(std::slice::from_ref(&hub)).unwrap()
+        );
+        for (repo, data) in [("a-base", &base), ("c-copy", &base), ("b-tuned", &tuned)] {
+            let path = format!("{HF_ROOT}/models--org--{repo}/blobs/{}", sha_hex(data));
+            assert!(ns_read(&store, &path).unwrap() == *data, "{path}");
+        }
+        let a = ns_inode(
+            &store,
+            &format!("{HF_ROOT}/models--org--b-tuned/blobs/again"),
+        )
+        .unwrap();
+        assert_eq!(a.nlink, 2);
+        // Every distinct chunk of base and tuned is stored once.
+        let config = store.options.chunker;
+        let totals = store.catalog().read(|tx| tx.totals()).unwrap();
+        let committed: u64 = [&base, &tuned]
+            .iter()
+            .flat_map(|d| Store::chunk_hashes(d, &config))
+            .collect::<HashMap<_, _>>()
+            .values()
+            .map(|&len| len as u64)
+            .sum();
+        assert_eq!(totals.physical_bytes, committed);
+        assert_eq!(report.new_bytes, committed);
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl<'s> NewChunks<'s> {
 
     /// Stores one chunk unless the store has it.
     fn put(&mut self, hash: ChunkHash, cvs: Vec<u8>, bytes: &[u8]) -> Result<PreparedChunk> {
+        let claim = self.store.chunk_claims.lock();
         let location = match self.store.known_chunk(&hash)? {
             Some(_) => None,
             None => {
@@ -101,6 +102,7 @@ impl<'s> NewChunks<'s> {
                 Some(self.store.append_chunk(self.raw.as_mut(), &hash, bytes)?)
             }
         };
+        drop(claim);
         // A pending chunk appended by another writer is committed by whichever commits
         // first; carry its location so either can create the catalog row.
         let location = match location {
@@ -349,6 +351,7 @@ impl Store {
         path: Option<&Path>,
         spans: Vec<HashedSpan>,
     ) -> Result<(Vec<PreparedChunk>, u64)> {
+        let claim = self.chunk_claims.lock();
         let mut distinct = HashSet::with_capacity(spans.len());
         let mut all_new = path.is_some();
         for (_, hash, _, _) in spans.iter().take_while(|_| path.is_some()) {
@@ -376,6 +379,7 @@ impl Store {
                 .collect();
             return Ok((chunks, data.len() as u64));
         }
+        drop(claim);
         let mut sink = NewChunks::new(self, data.len() as u64);
         let mut chunks = Vec::with_capacity(spans.len());
         for (offset, hash, cvs, len) in spans {

@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod models;
 pub mod namespace;
 pub mod pack;
+mod prepare_pool;
 mod store;
 pub mod verify;
 

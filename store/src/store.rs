@@ -72,6 +72,9 @@ pub struct Store {
     /// Chunks appended but possibly not yet committed, so concurrent writers of the same bytes
     /// store them once.
     pub(crate) pending: Mutex<HashMap<ChunkHash, ChunkLocation>>,
+    /// Held from "is this chunk new?" until it is stored and pending, so two files prepared at
+    /// once (import workers, the mount's commits) never both store a chunk they share.
+    pub(crate) chunk_claims: Mutex<()>,
     /// Verified chunk bytes being read through the mount.
     cache: ChunkCache,
     /// One chunk load at a time per stripe of chunk hashes (see `chunk_in`).
@@ -115,6 +118,7 @@ impl Store {
             catalog,
             packs,
             pending: Mutex::new(HashMap::new()),
+            chunk_claims: Mutex::new(()),
             cache: ChunkCache::new(CHUNK_CACHE_BYTES),
             loading: std::array::from_fn(|_| Mutex::new(())),
             block_cvs: Mutex::new(HashMap::new()),
