@@ -9,15 +9,24 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
+use crate::content::chunk_list_hash;
 use crate::error::Result;
 use crate::error::StoreError;
+use crate::ChunkHash;
 
 /// Newest schema this build understands; each entry of [`MIGRATIONS`] moves one version up.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
-const MIGRATIONS: &[&str] = &[
+/// One schema step: SQL, then (for steps SQL cannot express) code in the same transaction.
+struct Migration {
+    sql: &'static str,
+    then: Option<fn(&Connection) -> Result<()>>,
+}
+
+const MIGRATIONS: &[Migration] = &[
     // v1: the first schema.
-    r#"
+    Migration {
+        sql: r#"
     CREATE TABLE inodes (
         ino      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the kernel caches inode numbers
         kind     INTEGER NOT NULL,          -- 1 file, 2 directory, 3 symlink
@@ -113,12 +122,42 @@ const MIGRATIONS: &[&str] = &[
         UPDATE totals SET physical_bytes = physical_bytes - OLD.len, chunks = chunks - 1;
     END;
     "#,
+        then: None,
+    },
     // v2: the chaining values of each chunk's blocks (blocks.rs), so a random read checks only
     // the blocks it reads. NULL for chunks stored before: they are read and checked whole.
-    r#"
-    ALTER TABLE chunks ADD COLUMN cvs BLOB;
-    "#,
+    Migration {
+        sql: "ALTER TABLE chunks ADD COLUMN cvs BLOB;",
+        then: None,
+    },
+    // v3: a content is named by the hash of its chunk list (content.rs `chunk_list_hash`)
+    // instead of a BLAKE3 of its bytes, which cost a second pass over every file stored.
+    Migration {
+        sql: "ALTER TABLE contents RENAME COLUMN blake3 TO chunk_list_hash;",
+        then: Some(rename_contents_by_chunk_list),
+    },
 ];
+
+/// Migration v3: every content's `chunk_list_hash` from its chunk list.
+fn rename_contents_by_chunk_list(conn: &Connection) -> Result<()> {
+    let mut contents = conn.prepare("SELECT id FROM contents")?;
+    let ids = contents
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    let mut list = conn.prepare(
+        "SELECT c.hash FROM content_chunks cc JOIN chunks c ON c.id = cc.chunk
+         WHERE cc.content = ?1 ORDER BY cc.seq",
+    )?;
+    let mut update = conn.prepare("UPDATE contents SET chunk_list_hash = ?2 WHERE id = ?1")?;
+    for id in ids {
+        let hashes = list
+            .query_map([id], |r| r.get::<_, Vec<u8>>(0))?
+            .map(|hash| crate::content::blob32(hash?))
+            .collect::<Result<Vec<ChunkHash>>>()?;
+        update.execute(rusqlite::params![id, &chunk_list_hash(&hashes)[..]])?;
+    }
+    Ok(())
+}
 
 /// Counters kept by triggers.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -194,7 +233,10 @@ impl Catalog {
         }
         for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tracing::info!(to = i + 1, "migrating catalog schema");
-            tx.execute_batch(migration)?;
+            tx.execute_batch(migration.sql)?;
+            if let Some(then) = migration.then {
+                then(&tx)?;
+            }
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -270,6 +312,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "ALTER TABLE chunks DROP COLUMN cvs;
+             ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
              INSERT INTO chunks (hash, pack, offset, len, refs) VALUES (x'00', 1, 40, 5, 1);
              PRAGMA user_version = 1;",
         )
@@ -288,5 +331,54 @@ mod tests {
             })
             .unwrap();
         assert_eq!((len, cvs), (5, None));
+    }
+
+    #[test]
+    fn a_version_2_catalog_names_its_contents_by_chunk_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("catalog.db");
+        drop(Catalog::open(&path).unwrap());
+        // What a version-2 build left behind: two contents named by a BLAKE3 of their bytes.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
+             INSERT INTO chunks (id, hash, pack, offset, len, refs) VALUES
+                 (1, zeroblob(32), 1, 40, 5, 2), (2, x'1100000000000000000000000000000000000000000000000000000000000000', 1, 90, 7, 1);
+             INSERT INTO contents (id, size, sha256, blake3, refs) VALUES
+                 (1, 12, zeroblob(32), x'01', 1), (2, 5, zeroblob(32), x'02', 1);
+             INSERT INTO content_chunks VALUES (1, 0, 0, 2), (1, 1, 7, 1), (2, 0, 0, 1);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(conn);
+        let catalog = Catalog::open(&path).unwrap();
+        assert_eq!(
+            catalog.read(|tx| tx.schema_version()).unwrap(),
+            SCHEMA_VERSION
+        );
+        let (zero, one) = ([0u8; 32], {
+            let mut h = [0u8; 32];
+            h[0] = 0x11;
+            h
+        });
+        for (content, list) in [(1, vec![one, zero]), (2, vec![zero])] {
+            let map = catalog.read(|tx| tx.content_map(content)).unwrap();
+            assert_eq!(
+                map.chunk_list_hash,
+                chunk_list_hash(&list),
+                "content {content}"
+            );
+        }
+        // And they are found by it: the same list prepared again is the same content.
+        let found: i64 = catalog
+            .read(|tx| {
+                Ok(tx.conn.query_row(
+                    "SELECT id FROM contents WHERE chunk_list_hash = ?1",
+                    [&chunk_list_hash(&[zero])[..]],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(found, 2);
     }
 }

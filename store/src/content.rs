@@ -1,5 +1,5 @@
-//! File contents in the catalog: a content is an ordered list of chunks with whole-file digests,
-//! shared by every inode with the same bytes. Reference counts: `contents.refs` counts inodes,
+//! File contents in the catalog: a content is an ordered list of chunks with its SHA-256 and
+//! [`chunk_list_hash`], shared by every inode with the same bytes. Reference counts: `contents.refs` counts inodes,
 //! `chunks.refs` counts occurrences in content lists. Unreferenced chunks wait for gc.
 
 use rusqlite::{params, OptionalExtension};
@@ -8,6 +8,19 @@ use crate::catalog::Tx;
 use crate::error::{Result, StoreError};
 use crate::pack::ChunkLocation;
 use crate::ChunkHash;
+
+/// A content's identity in the catalog: a BLAKE3 over its chunk ids in file order (keyed for
+/// this use, so it never equals a chunk id). The same bytes cut by the same chunker have the
+/// same list, and the ids prove the bytes, so this names the bytes as well as a BLAKE3 of the
+/// whole file would, at no cost: hashing the bytes a second time was a fifth of an import's
+/// CPU (docs/PERFORMANCE.md, seventh round). xet-core names files the same way.
+pub fn chunk_list_hash<'a>(ids: impl IntoIterator<Item = &'a ChunkHash>) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("mlxfs 2026-12 content chunk list");
+    for id in ids {
+        hasher.update(id);
+    }
+    *hasher.finalize().as_bytes()
+}
 
 /// A chunk of a file about to be committed. `location` is where it was appended, or `None`
 /// when the catalog already had it when the file was prepared.
@@ -25,7 +38,8 @@ pub struct PreparedChunk {
 pub struct PreparedContent {
     pub size: u64,
     pub sha256: [u8; 32],
-    pub blake3: [u8; 32],
+    /// See [`chunk_list_hash`].
+    pub chunk_list_hash: [u8; 32],
     pub chunks: Vec<PreparedChunk>,
     /// Bytes appended to packs for this file (i.e. not deduplicated at prepare time).
     pub new_bytes: u64,
@@ -46,7 +60,8 @@ pub struct ContentMap {
     pub id: i64,
     pub size: u64,
     pub sha256: [u8; 32],
-    pub blake3: [u8; 32],
+    /// See [`chunk_list_hash`].
+    pub chunk_list_hash: [u8; 32],
     pub chunks: Vec<MappedChunk>,
 }
 
@@ -61,7 +76,7 @@ impl ContentMap {
     }
 }
 
-fn blob32(v: Vec<u8>) -> Result<[u8; 32]> {
+pub(crate) fn blob32(v: Vec<u8>) -> Result<[u8; 32]> {
     v.try_into()
         .map_err(|_| StoreError::Inconsistent("digest column is not 32 bytes".into()))
 }
@@ -107,20 +122,20 @@ impl Tx<'_> {
     pub fn insert_content(&self, prepared: &PreparedContent) -> Result<i64> {
         let existing: Option<i64> = self
             .conn
-            .prepare_cached("SELECT id FROM contents WHERE blake3 = ?1")?
-            .query_row([&prepared.blake3[..]], |r| r.get(0))
+            .prepare_cached("SELECT id FROM contents WHERE chunk_list_hash = ?1")?
+            .query_row([&prepared.chunk_list_hash[..]], |r| r.get(0))
             .optional()?;
         if let Some(id) = existing {
             return Ok(id);
         }
         self.conn
             .prepare_cached(
-                "INSERT INTO contents (size, sha256, blake3, refs) VALUES (?1, ?2, ?3, 0)",
+                "INSERT INTO contents (size, sha256, chunk_list_hash, refs) VALUES (?1, ?2, ?3, 0)",
             )?
             .execute(params![
                 prepared.size as i64,
                 &prepared.sha256[..],
-                &prepared.blake3[..]
+                &prepared.chunk_list_hash[..]
             ])?;
         let content = self.conn.last_insert_rowid();
         let mut offset = 0u64;
@@ -245,9 +260,9 @@ impl Tx<'_> {
 
     /// Loads a content's chunk list for reading.
     pub fn content_map(&self, content: i64) -> Result<ContentMap> {
-        let (size, sha256, blake3): (i64, Vec<u8>, Vec<u8>) = self
+        let (size, sha256, chunk_list_hash): (i64, Vec<u8>, Vec<u8>) = self
             .conn
-            .prepare_cached("SELECT size, sha256, blake3 FROM contents WHERE id = ?1")?
+            .prepare_cached("SELECT size, sha256, chunk_list_hash FROM contents WHERE id = ?1")?
             .query_row([content], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?
             .ok_or_else(|| StoreError::NotFound(format!("content {content}")))?;
@@ -284,7 +299,7 @@ impl Tx<'_> {
             id: content,
             size: size as u64,
             sha256: blob32(sha256)?,
-            blake3: blob32(blake3)?,
+            chunk_list_hash: blob32(chunk_list_hash)?,
             chunks,
         })
     }

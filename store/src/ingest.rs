@@ -1,7 +1,6 @@
 //! Turning bytes into a [`PreparedContent`]: chunk (tensor cuts, see `chunker`), name each
-//! chunk by BLAKE3, append the ones the store lacks, and compute the whole-file SHA-256 and
-//! BLAKE3. The SHA-256 runs on a second core; the first chunks, hashes each chunk, and feeds it
-//! to the whole-file BLAKE3 (see [`hash_in_order`]).
+//! chunk by BLAKE3, append the ones the store lacks, and compute the whole-file SHA-256 (on a
+//! second core) and the content's `chunk_list_hash` (from the chunk ids, no second pass).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -14,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::blocks::hash_chunk;
 use crate::chunker::{chunk_spans, for_each_chunk_span};
-use crate::content::{PreparedChunk, PreparedContent};
+use crate::content::{chunk_list_hash, PreparedChunk, PreparedContent};
 use crate::error::{IoContext, Result};
 use crate::pack::ChunkLocation;
 use crate::pack::RawPackWriter;
@@ -63,12 +62,6 @@ impl std::ops::Deref for MappedFile {
 
 /// One chunk cut and hashed: its offset in the file, id, block CVs and length.
 type HashedSpan = (u64, ChunkHash, Vec<u8>, u32);
-
-/// Hashes one chunk and feeds it to the whole-file BLAKE3: chunks must come in file order.
-fn hash_in_order(bytes: &[u8], whole: &mut blake3::Hasher) -> (ChunkHash, Vec<u8>) {
-    whole.update(bytes);
-    hash_chunk(bytes)
-}
 
 /// Where the new chunks of one file go: a raw pack of its own for a big file (made at its
 /// first new chunk), else the shared packs.
@@ -201,10 +194,10 @@ impl Store {
             && (data.as_ptr() as usize) % DIRECT_ALIGN == 0
         {
             if let Some(copy) = DirectCopy::create(&self.staging_dir()) {
-                return self.prepare_with(data, |whole| self.store_copying(data, whole, copy));
+                return self.prepare_with(data, || self.store_copying(data, copy));
             }
         }
-        self.prepare_with(data, |whole| self.store_chunks(data, whole))
+        self.prepare_with(data, || self.store_chunks(data))
     }
 
     /// Stores a big file's chunks by copying the whole file aside with O_DIRECT while its
@@ -215,16 +208,11 @@ impl Store {
     /// (docs/PERFORMANCE.md). It stops at the first chunk the store already has, so importing
     /// a file the store mostly holds writes little more than its new chunks. Nothing names
     /// the copy's chunks before it is complete and adopted.
-    fn store_copying(
-        &self,
-        data: &[u8],
-        whole: &mut blake3::Hasher,
-        copy: DirectCopy,
-    ) -> Result<(Vec<PreparedChunk>, u64)> {
+    fn store_copying(&self, data: &[u8], copy: DirectCopy) -> Result<(Vec<PreparedChunk>, u64)> {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (spans, copied) = std::thread::scope(|scope| {
             let writer = scope.spawn(|| copy.write(data, &stop));
-            let spans = self.hash_spans(data, whole, |hash| {
+            let spans = self.hash_spans(data, |hash| {
                 if !stop.load(Ordering::Relaxed) && self.known_chunk(hash)?.is_some() {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -259,19 +247,17 @@ impl Store {
         stored
     }
 
-    /// Runs `store` (which chunks `data`, stores the chunks, and feeds them in order to the
-    /// whole-file BLAKE3 while they are in the CPU cache) beside the SHA-256 on a second core,
-    /// and puts the two together. SHA-256 is the slower digest (one stream, ~1.5 GB/s with
-    /// SHA-NI): alone on its core it no longer waits for the BLAKE3 it shared the core with.
+    /// Runs `store` (which chunks `data` and stores the chunks) beside the SHA-256 on a second
+    /// core, and puts the two together. SHA-256 is the slower digest (one stream, ~1.8 GB/s
+    /// with SHA-NI): alone on its core it does not wait for the chunk hashing.
     fn prepare_with(
         &self,
         data: &[u8],
-        store: impl FnOnce(&mut blake3::Hasher) -> Result<(Vec<PreparedChunk>, u64)>,
+        store: impl FnOnce() -> Result<(Vec<PreparedChunk>, u64)>,
     ) -> Result<PreparedContent> {
         std::thread::scope(|scope| {
             let sha256 = scope.spawn(|| sha256(data));
-            let mut whole = blake3::Hasher::new();
-            let chunks = store(&mut whole);
+            let chunks = store();
             let sha256 = sha256
                 .join()
                 .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -279,7 +265,7 @@ impl Store {
             Ok(PreparedContent {
                 size: data.len() as u64,
                 sha256,
-                blake3: *whole.finalize().as_bytes(),
+                chunk_list_hash: chunk_list_hash(chunks.iter().map(|c| &c.hash)),
                 chunks,
                 new_bytes,
             })
@@ -292,18 +278,14 @@ impl Store {
         self.prepare(&data)
     }
 
-    fn store_chunks(
-        &self,
-        data: &[u8],
-        whole: &mut blake3::Hasher,
-    ) -> Result<(Vec<PreparedChunk>, u64)> {
+    fn store_chunks(&self, data: &[u8]) -> Result<(Vec<PreparedChunk>, u64)> {
         let mut chunks = Vec::with_capacity(data.len() / self.options.chunker.avg_size + 1);
         let mut sink = NewChunks::new(self, data.len() as u64);
         // Each chunk is hashed and stored as soon as it is cut, while the disk reads ahead.
         for_each_chunk_span(data, &self.options.chunker, |span| -> Result<()> {
             let start = span.offset as usize;
             let bytes = &data[start..start + span.len as usize];
-            let (hash, cvs) = hash_in_order(bytes, whole);
+            let (hash, cvs) = hash_chunk(bytes);
             chunks.push(sink.put(hash, cvs, bytes)?);
             Ok(())
         })?;
@@ -318,25 +300,24 @@ impl Store {
         if (data.len() as u64) < self.options.raw_pack_min_file {
             return self.prepare(data);
         }
-        self.prepare_with(data, |whole| {
-            let spans = self.hash_spans(data, whole, |_| Ok(()))?;
+        self.prepare_with(data, || {
+            let spans = self.hash_spans(data, |_| Ok(()))?;
             self.store_hashed(data, Some(path), spans)
         })
     }
 
-    /// Cuts `data` and hashes every chunk in file order (feeding the whole-file BLAKE3), telling
-    /// `each` every chunk id as it is made.
+    /// Cuts `data` and hashes every chunk in file order, telling `each` every chunk id as it
+    /// is made.
     fn hash_spans(
         &self,
         data: &[u8],
-        whole: &mut blake3::Hasher,
         mut each: impl FnMut(&ChunkHash) -> Result<()>,
     ) -> Result<Vec<HashedSpan>> {
         chunk_spans(data, &self.options.chunker)
             .into_iter()
             .map(|span| {
                 let start = span.offset as usize;
-                let (hash, cvs) = hash_in_order(&data[start..start + span.len as usize], whole);
+                let (hash, cvs) = hash_chunk(&data[start..start + span.len as usize]);
                 each(&hash)?;
                 Ok((span.offset, hash, cvs, span.len))
             })
