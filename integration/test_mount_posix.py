@@ -603,6 +603,29 @@ def test_a_path_resolved_before_its_name_was_replaced_still_opens(tw):
     assert got[0] == [b"old", b"old", []]
 
 
+def test_ioctls_answer_enotty_as_on_a_disk_file(mount_env, tw, m):
+    """Python's open() asks every file it opens whether it is a terminal: the answer is
+    ENOTTY, as from ext4, and the daemon logs nothing for it."""
+    import fcntl
+    import termios
+
+    def f(root):
+        write_file(root / "f", b"x")
+        fd = os.open(root / "f", os.O_RDONLY)
+        try:
+            return fcntl.ioctl(fd, termios.TCGETS, bytes(64))
+        finally:
+            os.close(fd)
+
+    got = assert_same(tw, f)
+    assert got[1] == errno.ENOTTY
+    for _ in range(3):
+        with open(m / "f", "rb"):
+            pass
+    log = (mount_env.mount.store / "daemon.log").read_text(errors="replace")
+    assert "ioctl" not in log, log[-2000:]
+
+
 def test_an_unlinked_file_the_kernel_forgot_gives_its_space_back(mount_env):
     m = mount_env.mount
     p = m.path / "huggingface/hub/forgotten.bin"

@@ -26,6 +26,7 @@ impl Errno {
     pub const EFBIG: Errno = Errno(libc::EFBIG);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
 }
 
 impl std::fmt::Display for Errno {
