@@ -1,6 +1,7 @@
 """Promises of DESIGN.md §6 under adverse conditions: a full disk and a flipped byte."""
 
 import errno
+import hashlib
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from mountlib import Mount, mlxfs_binary, sandbox_env, sha256_file  # noqa: E402
+from mountlib import Mount, mlxfs_binary, pid_alive, sandbox_env, sha256_file  # noqa: E402
 
 
 @pytest.fixture
@@ -92,6 +93,54 @@ def test_full_disk_gives_enospc_and_keeps_earlier_files(small_disk_mount):
     assert small.read_bytes() == data
     assert sha256_file(keep) == keep_sum
 
+    m.stop()
+    v = m.verify()
+    assert v.returncode == 0, v.stdout.decode() + v.stderr.decode()
+
+
+def test_a_file_bigger_than_half_the_free_space_fits(small_disk_mount):
+    """The disk has room for the file once, not twice: its staging copy must become its pack
+    (closes do not queue on a disk this full, and a copying commit would not fit)."""
+    m = small_disk_mount
+    st = os.statvfs(m.path)
+    free = st.f_bavail * st.f_frsize
+    data = os.urandom(int(free * 0.7) & ~0xFFFF)
+    big = m.path / "huggingface/hub/big.bin"
+    big.write_bytes(data)  # raises ENOSPC if the commit at close needed a second copy
+    assert big.read_bytes() == data
+    m.stop()
+    m.start()
+    assert sha256_file(big) == hashlib.sha256(data).hexdigest()
+    m.stop()
+    v = m.verify()
+    assert v.returncode == 0, v.stdout.decode() + v.stderr.decode()
+
+
+def test_a_sparse_file_bigger_than_the_free_space_commits(small_disk_mount):
+    """A tool that sets a file's size before writing it (an Ollama pull) leaves holes; on a
+    nearly full tmpfs store, committing it must not fault the holes in (SIGBUS: the daemon
+    died and the mount with it). The zeros are stored once."""
+    m = small_disk_mount
+    keep = m.path / "ollama/models/blobs/keep.bin"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.write_bytes(os.urandom(24 << 20))
+    keep_sum = sha256_file(keep)
+    assert os.statvfs(m.path).f_bavail * os.statvfs(m.path).f_frsize < 80 << 20
+
+    sparse = m.path / "ollama/models/blobs/sha256-partial"
+    data = os.urandom(1 << 20)
+    with open(sparse, "wb") as f:
+        f.truncate(80 << 20)
+        f.seek(30 << 20)
+        f.write(data)
+    expected = bytearray(80 << 20)
+    expected[30 << 20:(30 << 20) + len(data)] = data
+    # Unmounting commits whatever is still queued, and the next mount reads the store.
+    m.stop()
+    m.start()
+    assert sparse.read_bytes() == expected
+    assert sha256_file(keep) == keep_sum
+    assert pid_alive(m.pid)
     m.stop()
     v = m.verify()
     assert v.returncode == 0, v.stdout.decode() + v.stderr.decode()

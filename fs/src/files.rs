@@ -869,7 +869,9 @@ impl Vfs {
         }
         let data = MappedFile::from_file(&staged.file, &staged.path)?;
         let record = staged.record(file.ino, String::new());
-        let adopt_from = adopt.then_some(staged.path.as_path());
+        // A sparse file is read into memory (MappedFile::copy_sparse): its holes must not
+        // become a pack's, which the read path maps.
+        let adopt_from = (adopt && data.maps_the_file()).then_some(staged.path.as_path());
         let (new_bytes, content) = self
             .commit_bytes(&data, &record, false, adopt_from)
             .map_err(|e| self.after_failed_commit(e))?;
@@ -967,9 +969,23 @@ impl Vfs {
             if self.may_queue(&file, &state) && self.write_record(&file, &mut state).is_some() {
                 Ok(())
             } else {
-                self.commit_locked(&file, &mut state, false)
+                self.commit_last_handle(&file, &mut state)
             };
         write_error.map_or(committed, Err)
+    }
+
+    /// Commits at the close of a handle. When it is the file's last, the staging file may
+    /// become the pack, so the commit needs no room beside the file (a disk with less free
+    /// space than the file's size twice over, where closes do not queue, could not take it
+    /// otherwise): nobody can write the staging file before it is dropped below, and a later
+    /// write through a duplicate of the closed descriptor stages afresh.
+    fn commit_last_handle(&self, file: &OpenFile, state: &mut FileState) -> FsResult<()> {
+        let last = file.handles.load(Ordering::SeqCst) == 1;
+        self.commit_locked(file, state, last)?;
+        if last {
+            self.drop_staging(state);
+        }
+        Ok(())
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
@@ -1127,7 +1143,8 @@ impl Vfs {
                 }
             };
             // The dead daemon's staging file is written by nobody now: it may become the pack.
-            let (new_bytes, _) = self.commit_bytes(&data, record, true, Some(staged.as_path()))?;
+            let adopt_from = data.maps_the_file().then_some(staged.as_path());
+            let (new_bytes, _) = self.commit_bytes(&data, record, true, adopt_from)?;
             tracing::info!(
                 ino = record.ino,
                 size = record.size,
@@ -1164,7 +1181,7 @@ impl Vfs {
         if self.queue_commit(&file, &mut state) {
             return Ok(());
         }
-        let committed = self.commit_locked(&file, &mut state, false);
+        let committed = self.commit_last_handle(&file, &mut state);
         if file.handles.load(Ordering::SeqCst) == 1 {
             self.drop_staging(&mut state);
         }

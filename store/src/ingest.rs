@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::blocks::hash_chunk;
 use crate::chunker::{chunk_spans, for_each_chunk_span};
 use crate::content::{chunk_list_hash, PreparedChunk, PreparedContent};
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, StoreError};
 use crate::pack::ChunkLocation;
 use crate::pack::RawPackWriter;
 use crate::store::Store;
@@ -24,10 +24,13 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// A read-only view of a file's bytes: a memory map, or nothing for an empty file (which
-/// cannot be mapped).
+/// A read-only view of a file's bytes: a memory map of the file, a copy of a sparse file's
+/// data in anonymous memory (see [`MappedFile::from_file`]), or nothing for an empty file
+/// (which cannot be mapped).
 pub struct MappedFile {
     map: Option<Mmap>,
+    /// Whether `map` maps the file itself (else it is a copy).
+    maps_the_file: bool,
 }
 
 impl MappedFile {
@@ -42,15 +45,90 @@ impl MappedFile {
             .ctx(|| format!("stat {}", path.display()))?
             .len();
         if len == 0 {
-            return Ok(MappedFile { map: None });
+            return Ok(MappedFile {
+                map: None,
+                maps_the_file: false,
+            });
+        }
+        if first_hole(file, len).is_some_and(|hole| hole < len) {
+            return Self::copy_sparse(file, path, len);
         }
         // SAFETY: the file is only read; a concurrent truncation by another process could fault,
         // which is why callers map files they own (staging) or that the user hands to import.
         let map = unsafe { Mmap::map(file) }.ctx(|| format!("mapping {}", path.display()))?;
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(MappedFile { map: Some(map) })
+        Ok(MappedFile {
+            map: Some(map),
+            maps_the_file: true,
+        })
     }
+
+    /// A sparse file's bytes in anonymous memory: its data read in, its holes left as pages
+    /// never touched (zeros that take no memory). Reading a hole through a map of the file
+    /// itself makes tmpfs allocate a page, and on a full tmpfs that is a SIGBUS that kills the
+    /// process; `read` of a hole allocates nothing. Tools make sparse files on purpose (an
+    /// Ollama pull sets a blob's full size before writing its parts), and a failed write on a
+    /// full disk leaves one.
+    fn copy_sparse(file: &File, path: &Path, len: u64) -> Result<MappedFile> {
+        let ctx = || format!("reading sparse file {}", path.display());
+        let size = usize::try_from(len).map_err(|_| {
+            StoreError::io(
+                ctx(),
+                std::io::Error::other("larger than the address space"),
+            )
+        })?;
+        let mut copy = memmap2::MmapOptions::new().len(size).map_anon().ctx(ctx)?;
+        let mut at = 0u64;
+        while let Some((start, end)) = next_data(file, at, len).ctx(ctx)? {
+            file.read_exact_at(&mut copy[start as usize..end as usize], start)
+                .ctx(ctx)?;
+            at = end;
+        }
+        Ok(MappedFile {
+            map: Some(copy.make_read_only().ctx(ctx)?),
+            maps_the_file: false,
+        })
+    }
+
+    /// Whether these bytes are a map of the file itself (so the file could become a pack).
+    pub fn maps_the_file(&self) -> bool {
+        self.maps_the_file
+    }
+}
+
+/// Where the first hole of a file starts (`len` if none), where the system can tell.
+fn first_hole(file: &File, len: u64) -> Option<u64> {
+    seek(file, 0, libc::SEEK_HOLE)
+        .ok()
+        .map(|hole| hole.min(len))
+}
+
+/// The next extent of data at or after `from` in a file of `len` bytes, as (start, end).
+fn next_data(file: &File, from: u64, len: u64) -> std::io::Result<Option<(u64, u64)>> {
+    if from >= len {
+        return Ok(None);
+    }
+    let start = match seek(file, from, libc::SEEK_DATA) {
+        Ok(start) => start,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let end = seek(file, start, libc::SEEK_HOLE)?.min(len);
+    Ok((start < end).then_some((start, end)))
+}
+
+/// lseek on a shared file description: callers here own the offset's only use (they read
+/// with pread), so moving it is harmless.
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+    // SAFETY: lseek on a descriptor we borrow; no memory is touched.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if at < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(at as u64)
 }
 
 impl std::ops::Deref for MappedFile {

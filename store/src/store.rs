@@ -780,6 +780,41 @@ mod tests {
         assert!(got == data);
     }
 
+    /// A sparse file is read (its data extents only) rather than mapped: mapped, its holes
+    /// would have tmpfs allocate pages, a SIGBUS on a full tmpfs.
+    #[test]
+    fn a_sparse_file_is_read_not_mapped_and_stores_its_zeros_once() {
+        use crate::ingest::MappedFile;
+        use std::os::unix::fs::FileExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
+        let path = tmp.path().join("sparse");
+        let file = std::fs::File::create(&path).unwrap();
+        let data = random(300 << 10, 5);
+        file.set_len(40 << 20).unwrap();
+        file.write_all_at(&data, 17 << 20).unwrap();
+        file.write_all_at(b"tail", (40 << 20) - 4).unwrap();
+        let mut expected = vec![0u8; 40 << 20];
+        expected[17 << 20..(17 << 20) + data.len()].copy_from_slice(&data);
+        expected[(40 << 20) - 4..].copy_from_slice(b"tail");
+
+        let mapped = MappedFile::open(&path).unwrap();
+        assert!(!mapped.maps_the_file(), "a file with holes is copied");
+        assert!(*mapped == expected[..]);
+        let prepared = store.prepare(&mapped).unwrap();
+        // The zeros are a handful of distinct chunks, whatever their count.
+        assert!(prepared.new_bytes < 4 << 20, "{}", prepared.new_bytes);
+        let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
+        let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
+        let mut got = vec![1u8; expected.len()];
+        assert_eq!(store.read(&map, 0, &mut got).unwrap(), expected.len());
+        assert!(got == expected);
+
+        // A file without holes is mapped as before.
+        std::fs::write(&path, &data).unwrap();
+        assert!(MappedFile::open(&path).unwrap().maps_the_file());
+    }
+
     #[test]
     fn a_mapped_big_file_is_copied_aside_and_adopted_unless_the_store_has_some_of_it() {
         use crate::ingest::MappedFile;
