@@ -77,3 +77,42 @@ def test_a_file_held_open_across_an_import_reads_the_new_bytes(mount_env, tmp_pa
         os.close(fd)
     m.stop()
     assert m.verify().returncode == 0
+
+
+def test_a_file_an_import_replaces_stays_readable_where_it_is_open(mount_env, tmp_path):
+    """An import that replaces a file by something else (here a symlink, as when a snapshot
+    file becomes a link to a blob): a descriptor open on the old file keeps reading and
+    stat-ing it, as on a disk, and the old file's bytes are dropped once it is closed."""
+    m = mount_env.mount
+    hub = tmp_path / "hub"
+    repo = hub / "models--org--swapped"
+    commit = "d" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    old = os.urandom(3 << 20)
+    (snap / "weights.bin").write_bytes(old)
+    m.cli("import", hub)
+    path = m.path / "huggingface/hub/models--org--swapped/snapshots" / commit / "weights.bin"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 1 << 20, 0) == old[:1 << 20]
+        new = os.urandom(2 << 20)
+        (repo / "blobs").mkdir()
+        (repo / "blobs" / "other").write_bytes(new)
+        (snap / "weights.bin").unlink()
+        (snap / "weights.bin").symlink_to("../../blobs/other")
+        report = json.loads(m.cli("import", hub, "--json").stdout)
+        assert report["skipped"] == [], report
+        assert path.is_symlink(), (report, os.lstat(path))
+        assert path.read_bytes() == new
+        assert os.fstat(fd).st_size == len(old)
+        got = b"".join(os.pread(fd, 1 << 20, off) for off in range(0, 4 << 20, 1 << 20))
+        assert got == old
+    finally:
+        os.close(fd)
+    m.stop()
+    assert m.verify().returncode == 0
+    status = json.loads(m.cli("status", "--json").stdout)
+    assert status["logical_bytes"] < len(old) + len(new) + (1 << 20), status

@@ -405,6 +405,10 @@ impl Reporter {
         // A file closed in the mount before the import is committed before it.
         self.vfs.settle();
         let store = self.vfs.store();
+        let options = store::import::ImportOptions {
+            leave_replaced_inodes: true,
+            ..options
+        };
         let report = store
             .import_with(paths, options, &|n| {
                 progress.fetch_add(n, Ordering::Relaxed);
@@ -412,8 +416,13 @@ impl Reporter {
             .map_err(|e| e.to_string());
         // Even a failed import may have committed batches: caches must learn of them.
         let roots: Vec<&str> = vec![store::models::HF_ROOT, store::models::OLLAMA_ROOT];
-        if let Err(e) = self.vfs.changed_outside(&roots) {
+        let replaced = report.as_ref().ok().map(|r| r.replaced_entries.as_slice());
+        if let Err(e) = self.vfs.changed_outside(&roots, replaced) {
             tracing::warn!(error = %e, "invalidating kernel caches after an import");
+        }
+        // Files the import replaced: deleted unless open or still known to the kernel.
+        if let Err(e) = self.vfs.release_unlinked_inodes() {
+            tracing::warn!(error = %e, "releasing the files an import replaced");
         }
         let report = report?;
         if let Err(e) = store.refresh_models() {

@@ -164,7 +164,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
             };
             Ok(Request::Import {
                 paths,
-                options: ImportOptions { verify_sources },
+                options: ImportOptions {
+                    verify_sources,
+                    ..ImportOptions::default()
+                },
             })
         }
         "watch" => {

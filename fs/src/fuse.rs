@@ -214,6 +214,13 @@ impl ChangeListener for KernelInvalidator {
         let _ = self.queue.lock().send(Notice::Refresh);
     }
 
+    fn entry_replaced(&self, parent: u64, name: &[u8]) {
+        // ENOENT: the kernel had nothing cached for that name.
+        let _ = self
+            .notifier
+            .inval_entry(INodeNo(parent), OsStr::from_bytes(name));
+    }
+
     fn content_changed(&self, ino: u64) {
         // Offset 0, length 0: every cached page and the attributes. ENOENT: nothing cached.
         let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);

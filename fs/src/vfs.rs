@@ -31,6 +31,9 @@ pub trait ChangeListener: Send + Sync {
     /// The bytes of a file changed behind the kernel's back (an import into the mounted store);
     /// takes effect before it returns, so it must not be called from a request handler.
     fn content_changed(&self, ino: u64);
+    /// A name now means another inode, changed behind the kernel's back (an import replaced
+    /// it); like `content_changed`, takes effect before it returns.
+    fn entry_replaced(&self, parent: u64, name: &[u8]);
 }
 
 /// One entry returned by readdir; `next_offset` resumes after it.
@@ -192,17 +195,28 @@ impl Vfs {
     }
 
     /// The store was changed by someone other than the kernel (an import run by the daemon):
-    /// drop every cached page and attribute of the files under `roots`, and refresh views.
-    pub fn changed_outside(&self, roots: &[&str]) -> FsResult<()> {
+    /// drop the kernel's entries for the names in `replaced` (every name under `roots` when
+    /// they are not known: a failed import) and every cached page and attribute of the files
+    /// under `roots`, and refresh views.
+    pub fn changed_outside(
+        &self,
+        roots: &[&str],
+        replaced: Option<&[(u64, Vec<u8>)]>,
+    ) -> FsResult<()> {
         let mut files = Vec::new();
+        let mut every_entry = Vec::new();
         self.read_tx(|tx| {
             for root in roots {
                 if let Some(dir) = tx.resolve_path(root)? {
                     tx.walk_files(dir, "", &mut files)?;
+                    if replaced.is_none() {
+                        walk_entries(tx, dir, &mut every_entry)?;
+                    }
                 }
             }
             Ok(())
         })?;
+        let replaced = replaced.unwrap_or(&every_entry);
         // Open files read their content map from before: the old content, which the import
         // released (and a gc may since have dropped). Forget it so reads see the new bytes.
         let open: Vec<_> = {
@@ -217,6 +231,9 @@ impl Vfs {
         }
         let listener = self.listener.lock().clone();
         if let Some(l) = listener {
+            for (parent, name) in replaced {
+                l.entry_replaced(*parent, name);
+            }
             for (_, ino) in files {
                 l.content_changed(ino);
             }
@@ -622,6 +639,16 @@ impl Vfs {
         Ok(())
     }
 
+    /// Deletes every unlinked inode that is neither open nor held by the kernel (the files an
+    /// import into the mounted store replaced); the others go at their last close or FORGET.
+    pub fn release_unlinked_inodes(&self) -> FsResult<()> {
+        let orphans = self.read_tx(|tx| tx.orphan_inodes())?;
+        for ino in orphans {
+            self.delete_if_unlinked_and_closed(ino)?;
+        }
+        Ok(())
+    }
+
     /// The kernel was handed an entry for `ino` (a lookup, create, mkdir, mknod, symlink or
     /// link reply, or a readdirplus entry other than `.` and `..`): it now holds one lookup
     /// more, until FORGET ([`Vfs::forget`]).
@@ -1009,4 +1036,15 @@ impl Vfs {
             Ok(())
         })
     }
+}
+
+/// Every (parent, name) under `dir`, depth first.
+fn walk_entries(tx: &store::Tx, dir: u64, out: &mut Vec<(u64, Vec<u8>)>) -> store::Result<()> {
+    for entry in tx.read_dir(dir, None)? {
+        if entry.kind == NodeKind::Dir {
+            walk_entries(tx, entry.ino, out)?;
+        }
+        out.push((dir, entry.name));
+    }
+    Ok(())
 }

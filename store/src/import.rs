@@ -133,6 +133,10 @@ pub struct ImportReport {
     pub unread_bytes: u64,
     pub skipped: Vec<Skipped>,
     pub warnings: Vec<Warning>,
+    /// Entries (parent inode, name) that named something else before this import: a kernel
+    /// caching them must forget them.
+    #[serde(skip)]
+    pub replaced_entries: Vec<(u64, Vec<u8>)>,
 }
 
 fn is_repo_folder(name: &[u8]) -> bool {
@@ -919,10 +923,26 @@ enum Applied {
 }
 
 /// Removes whatever `name` in `parent` is (not a directory) so something else can take it.
-fn replace_entry(tx: &Tx, parent: u64, name: &[u8]) -> StoreResult<()> {
-    let old = tx.unlink_entry(parent, name)?;
-    tx.delete_inode_if_unlinked(old.ino)?;
+/// The inode it named is left unlinked, for [`Store::import_with`] to delete once nothing holds
+/// it (see `ImportOptions::leave_replaced_inodes`).
+fn replace_entry(
+    tx: &Tx,
+    parent: u64,
+    name: &[u8],
+    replaced: &mut Vec<(u64, Vec<u8>)>,
+) -> StoreResult<()> {
+    tx.unlink_entry(parent, name)?;
+    replaced.push((parent, name.to_vec()));
     Ok(())
+}
+
+/// What applying ops accumulates over an import.
+#[derive(Default)]
+struct Applying {
+    /// Source (dev, ino) of multiply-linked files → their namespace inode.
+    links: HashMap<(u64, u64), u64>,
+    /// See [`ImportReport::replaced_entries`].
+    replaced: Vec<(u64, Vec<u8>)>,
 }
 
 fn apply_attrs(tx: &Tx, mut inode: Inode, meta: &Meta, size: Option<u64>) -> StoreResult<()> {
@@ -950,7 +970,7 @@ fn new_inode(kind: NodeKind, meta: &Meta, target: Option<Vec<u8>>) -> NewInode {
     }
 }
 
-fn apply(tx: &Tx, op: &Op, links: &mut HashMap<(u64, u64), u64>) -> StoreResult<Applied> {
+fn apply(tx: &Tx, op: &Op, applying: &mut Applying) -> StoreResult<Applied> {
     match op {
         Op::File {
             parent,
@@ -980,7 +1000,7 @@ fn apply(tx: &Tx, op: &Op, links: &mut HashMap<(u64, u64), u64>) -> StoreResult<
                 Some(inode) if inode.kind == NodeKind::File && inode.nlink <= 1 => inode.ino,
                 other => {
                     if other.is_some() {
-                        replace_entry(tx, *parent, name)?;
+                        replace_entry(tx, *parent, name, &mut applying.replaced)?;
                     }
                     let ino = tx.create_inode(&new_inode(NodeKind::File, meta, None))?;
                     tx.link_entry(*parent, name, ino)?;
@@ -990,7 +1010,7 @@ fn apply(tx: &Tx, op: &Op, links: &mut HashMap<(u64, u64), u64>) -> StoreResult<
             tx.set_content(ino, content)?;
             apply_attrs(tx, tx.inode_required(ino)?, meta, Some(meta.size))?;
             if let Some(key) = link_key {
-                links.insert(*key, ino);
+                applying.links.insert(*key, ino);
             }
             Ok(Applied::File)
         }
@@ -1000,7 +1020,7 @@ fn apply(tx: &Tx, op: &Op, links: &mut HashMap<(u64, u64), u64>) -> StoreResult<
             key,
             path,
         } => {
-            let Some(&target) = links.get(key) else {
+            let Some(&target) = applying.links.get(key) else {
                 return Ok(Applied::Skipped(
                     path.clone(),
                     "hard link to a file that was not imported".into(),
@@ -1015,7 +1035,7 @@ fn apply(tx: &Tx, op: &Op, links: &mut HashMap<(u64, u64), u64>) -> StoreResult<
                             "a directory of this name exists in the store".into(),
                         ));
                     }
-                    replace_entry(tx, *parent, name)?;
+                    replace_entry(tx, *parent, name, &mut applying.replaced)?;
                 }
                 None => {}
             }
@@ -1048,7 +1068,7 @@ fn apply(tx: &Tx, op: &Op, links: &mut HashMap<(u64, u64), u64>) -> StoreResult<
                 }
                 other => {
                     if other.is_some() {
-                        replace_entry(tx, *parent, name)?;
+                        replace_entry(tx, *parent, name, &mut applying.replaced)?;
                     }
                     let ino =
                         tx.create_inode(&new_inode(NodeKind::Symlink, meta, Some(target.clone())))?;
@@ -1075,6 +1095,12 @@ pub struct ImportOptions {
     /// the name, so reading the source would only find out whether the source copy is damaged.
     #[serde(default)]
     pub verify_sources: bool,
+    /// Leave the inodes of replaced files unlinked rather than deleting them at the end of the
+    /// import: a mounted store's daemon deletes each one once no open file or kernel lookup
+    /// holds it (a reader of the old file keeps reading it, as on a disk). Set by the daemon,
+    /// never sent by a client.
+    #[serde(skip)]
+    pub leave_replaced_inodes: bool,
 }
 
 struct Importer<'a> {
@@ -1089,8 +1115,8 @@ struct Importer<'a> {
     queue: Vec<Queued>,
     /// Big files are prepared on these workers while the walk goes on.
     pool: &'a PreparePool,
-    /// Source (dev, ino) of multiply-linked files → their namespace inode.
-    links: &'a mut HashMap<(u64, u64), u64>,
+    /// Hard links seen and entries replaced so far.
+    applying: &'a mut Applying,
     /// Source (dev, ino) of multiply-linked files queued or imported in this run.
     seen_links: &'a mut HashSet<(u64, u64)>,
 }
@@ -1125,10 +1151,10 @@ impl Importer<'_> {
             // Contents are committed only after the chunks they reference are durable.
             self.store.packs().sync()?;
         }
-        let links = &mut *self.links;
+        let applying = &mut *self.applying;
         let outcomes = self.store.catalog().write(|tx| {
             ops.iter()
-                .map(|op| apply(tx, op, links))
+                .map(|op| apply(tx, op, applying))
                 .collect::<StoreResult<Vec<_>>>()
         })?;
         for outcome in outcomes {
@@ -1242,6 +1268,7 @@ impl Importer<'_> {
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let parent = self.stack.last().copied();
         let name = rel.last().cloned();
+        let replaced = &mut self.applying.replaced;
         self.store.catalog().write(|tx| {
             let parent = match parent {
                 Some(p) => p,
@@ -1260,7 +1287,7 @@ impl Importer<'_> {
                 if inode.kind == NodeKind::Dir {
                     return Ok(ino);
                 }
-                replace_entry(tx, parent, name)?;
+                replace_entry(tx, parent, name, replaced)?;
             }
             let ino = tx.create_inode(&new_inode(NodeKind::Dir, meta, None))?;
             tx.link_entry(parent, name, ino)?;
@@ -1306,7 +1333,7 @@ impl Importer<'_> {
             if self.batch_has_digest(&want) {
                 self.flush()?;
             }
-            let links = &mut *self.links;
+            let applying = &mut *self.applying;
             let verify_sources = self.options.verify_sources;
             let (attached, found) = self.store.catalog().write(|tx| {
                 // Unchanged since it was imported (same path, size and mtime, and a content
@@ -1340,7 +1367,7 @@ impl Importer<'_> {
                     path: shown.clone(),
                     link_key,
                 };
-                Ok((Some(apply(tx, &op, links)?), None))
+                Ok((Some(apply(tx, &op, applying)?), None))
             })?;
             if let Some(outcome) = attached {
                 progress(meta.size);
@@ -1395,7 +1422,7 @@ impl Importer<'_> {
         }
 
         if let Some(sha) = sha {
-            let links = &mut *self.links;
+            let applying = &mut *self.applying;
             let attached = self.store.catalog().write(|tx| {
                 let Some(id) = tx.content_by_sha256(&sha, meta.size)? else {
                     return Ok(None);
@@ -1408,7 +1435,7 @@ impl Importer<'_> {
                     path: shown.clone(),
                     link_key,
                 };
-                apply(tx, &op, links).map(Some)
+                apply(tx, &op, applying).map(Some)
             })?;
             if let Some(outcome) = attached {
                 self.add_warnings(&shown, warnings);
@@ -1556,9 +1583,9 @@ impl Store {
             sources: sources.clone(),
             ..ImportReport::default()
         };
-        let mut links = HashMap::new();
+        let mut applying = Applying::default();
         let mut seen_links = HashSet::new();
-        std::thread::scope(|scope| {
+        let imported = std::thread::scope(|scope| {
             let pool = PreparePool::start(scope, self, crate::prepare_pool::workers());
             for source in &sources {
                 tracing::info!(path = %source.path.display(), layout = source.layout.as_str(), "importing");
@@ -1571,14 +1598,19 @@ impl Store {
                     stack: Vec::new(),
                     queue: Vec::new(),
                     pool: &pool,
-                    links: &mut links,
+                    applying: &mut applying,
                     seen_links: &mut seen_links,
                 };
                 Walker { source }.run(&mut importer)?;
                 importer.flush()?;
             }
             Ok::<_, ImportError>(())
-        })?;
+        });
+        if !options.leave_replaced_inodes {
+            self.release_unlinked_inodes()?;
+        }
+        imported?;
+        report.replaced_entries = applying.replaced;
         Ok(report)
     }
 }
@@ -2394,6 +2426,7 @@ mod tests {
         std::fs::write(&blob, weights(51)).unwrap();
         let verify = ImportOptions {
             verify_sources: true,
+            ..ImportOptions::default()
         };
         let report = store
             .import_with(std::slice::from_ref(&hub), verify, &|_| {})
@@ -2430,6 +2463,7 @@ mod tests {
             .unwrap();
         let verify = ImportOptions {
             verify_sources: true,
+            ..ImportOptions::default()
         };
         let report = store2
             .import_with(std::slice::from_ref(&hub_b), verify, &|_| {})
@@ -2763,6 +2797,36 @@ mod tests {
             .sum();
         assert_eq!(totals.physical_bytes, committed);
         assert_eq!(report.new_bytes, committed);
+    }
+
+    /// A name an import gives to something else: reported, and its old inode deleted, unless
+    /// the caller (a mounted store's daemon) deletes replaced inodes itself.
+    #[test]
+    fn replaced_entries_are_reported_and_their_inodes_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = tmp.path().join("hub");
+        let store = open_store(&tmp.path().join("store"));
+        for leave in [false, true] {
+            let repo = hub.join(format!("models--org--swap-{leave}"));
+            write(&repo.join("snapshots/c/weights.bin"), &weights(7));
+            store.import(std::slice::from_ref(&hub), &|_| {}).unwrap();
+            std::fs::remove_file(repo.join("snapshots/c/weights.bin")).unwrap();
+            write(&repo.join("blobs/other"), b"other");
+            symlink("../../blobs/other", repo.join("snapshots/c/weights.bin")).unwrap();
+            let options = ImportOptions {
+                leave_replaced_inodes: leave,
+                ..ImportOptions::default()
+            };
+            let report = store
+                .import_with(std::slice::from_ref(&hub), options, &|_| {})
+                .unwrap();
+            assert_eq!(report.replaced_entries.len(), 1, "{leave}");
+            assert_eq!(report.replaced_entries[0].1, b"weights.bin");
+            let orphans = store.catalog().read(|tx| tx.orphan_inodes()).unwrap();
+            assert_eq!(orphans.len(), usize::from(leave), "{leave}");
+            store.release_unlinked_inodes().unwrap();
+            std::fs::remove_dir_all(&repo).unwrap();
+        }
     }
 
     #[test]

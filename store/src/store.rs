@@ -171,6 +171,17 @@ impl Store {
                 }
             }
         }
+        let released = self.release_unlinked_inodes()?;
+        if released > 0 {
+            tracing::info!(count = released, "released unlinked inodes left by a crash");
+        }
+        Ok(())
+    }
+
+    /// Deletes every inode no directory entry names, with its content's references; returns
+    /// how many. Only for a store nobody has mounted: a mounted store's unlinked inodes may
+    /// still be open or held by the kernel, and its daemon deletes each one when it is free.
+    pub fn release_unlinked_inodes(&self) -> Result<usize> {
         let orphans = self.catalog.read(|tx| tx.orphan_inodes())?;
         if !orphans.is_empty() {
             self.catalog.write(|tx| {
@@ -179,12 +190,8 @@ impl Store {
                 }
                 Ok(())
             })?;
-            tracing::info!(
-                count = orphans.len(),
-                "released unlinked inodes left by a crash"
-            );
         }
-        Ok(())
+        Ok(orphans.len())
     }
 
     /// Taken by every writer from [`Store::prepare`] until its [`Store::commit`] returns, so

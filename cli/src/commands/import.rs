@@ -38,6 +38,7 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
     let bar = progress_bar(total, "importing");
     let options = ImportOptions {
         verify_sources: args.verify_sources,
+        ..ImportOptions::default()
     };
     let report = match open_store(store_dir, true) {
         Ok(store) => {
