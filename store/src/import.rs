@@ -40,6 +40,8 @@ const BATCH_BYTES: u64 = 1 << 30;
 /// Files at least this big are prepared on the import's worker threads; smaller ones on the
 /// walking thread, where handing them over would cost more than it overlaps.
 const POOL_MIN_FILE: u64 = 1 << 20;
+/// How often a wait for a file being prepared passes on the progress of the pool.
+const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 /// Progress granularity while hashing a large file.
 const PROGRESS_PIECE: usize = 32 << 20;
 
@@ -908,9 +910,27 @@ struct PendingFile {
     /// The SHA-256 the file's name claims, checked against the prepared content.
     claimed: Option<[u8; 32]>,
     warnings: Vec<String>,
-    /// Whether its bytes count as read only when prepared (else they were counted while
-    /// hashing the source).
-    read_progress: bool,
+    progress: FileProgress,
+}
+
+/// How a file's bytes reach the import's progress callback.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileProgress {
+    /// Counted while its SHA-256 was checked, before preparing.
+    Reported,
+    /// All at once when prepared.
+    AtTheEnd,
+    /// As a pool worker hashes them (see [`forward_pool_progress`]).
+    FromThePool,
+}
+
+/// Tells `progress` of the bytes the pool hashed since `reported`.
+fn forward_pool_progress(pool: &PreparePool, progress: &dyn Fn(u64), reported: &mut u64) {
+    let hashed = pool.hashed_bytes();
+    if hashed > *reported {
+        progress(hashed - *reported);
+        *reported = hashed;
+    }
 }
 
 /// What applying an op did.
@@ -1115,6 +1135,8 @@ struct Importer<'a> {
     queue: Vec<Queued>,
     /// Big files are prepared on these workers while the walk goes on.
     pool: &'a PreparePool,
+    /// Of the pool's hashed bytes, those `progress` has been told of.
+    pool_bytes_reported: u64,
     /// Hard links seen and entries replaced so far.
     applying: &'a mut Applying,
     /// Source (dev, ino) of multiply-linked files queued or imported in this run.
@@ -1177,7 +1199,11 @@ impl Importer<'_> {
             unreachable!("found above")
         };
         let prepared = if block {
-            preparing.wait()
+            let (pool, progress, reported) =
+                (self.pool, self.progress, &mut self.pool_bytes_reported);
+            preparing.wait(PROGRESS_TICK, || {
+                forward_pool_progress(pool, progress, reported)
+            })
         } else {
             match preparing.try_wait() {
                 Some(prepared) => prepared,
@@ -1233,6 +1259,7 @@ impl Importer<'_> {
     /// Keeps the batch within its limits: finished files are picked up, no more files wait
     /// for the pool than it can take, and full batches are committed.
     fn after_queueing(&mut self) -> StoreResult<()> {
+        forward_pool_progress(self.pool, self.progress, &mut self.pool_bytes_reported);
         while self.resolve_oldest(false)? {}
         while self.preparing_count() > self.pool.capacity() {
             self.resolve_oldest(true)?;
@@ -1454,9 +1481,18 @@ impl Importer<'_> {
             link_key,
             claimed,
             warnings,
-            read_progress: sha.is_none(),
+            progress: match sha {
+                Some(_) => FileProgress::Reported,
+                None => FileProgress::AtTheEnd,
+            },
         };
-        if meta.size >= POOL_MIN_FILE {
+        // A file whose bytes were counted as its SHA-256 was checked above is prepared here:
+        // the pool would count them again.
+        if meta.size >= POOL_MIN_FILE && sha.is_none() {
+            let file = PendingFile {
+                progress: FileProgress::FromThePool,
+                ..file
+            };
             let preparing = self.pool.submit(data);
             self.queue.push(Queued::Preparing(file, preparing));
             return self.after_queueing();
@@ -1472,8 +1508,12 @@ impl Importer<'_> {
     /// The op that records a file whose content is prepared, or `None` when the content is
     /// not what the file's name claims (reported as skipped).
     fn finish_file(&mut self, file: PendingFile, prepared: PreparedContent) -> Option<Op> {
-        if file.read_progress {
-            (self.progress)(file.meta.size);
+        match file.progress {
+            FileProgress::AtTheEnd => (self.progress)(file.meta.size),
+            FileProgress::FromThePool => {
+                forward_pool_progress(self.pool, self.progress, &mut self.pool_bytes_reported)
+            }
+            FileProgress::Reported => {}
         }
         if let Some(want) = file.claimed {
             if prepared.sha256 != want {
@@ -1598,6 +1638,7 @@ impl Store {
                     stack: Vec::new(),
                     queue: Vec::new(),
                     pool: &pool,
+                    pool_bytes_reported: 0,
                     applying: &mut applying,
                     seen_links: &mut seen_links,
                 };

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
@@ -22,6 +22,18 @@ use crate::ChunkHash;
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
+}
+
+/// SHA-256 of `data`, adding to `hashed` as it goes (the slowest pass over a file being
+/// prepared, so its progress is the file's).
+fn sha256_counting(data: &[u8], hashed: &AtomicU64) -> [u8; 32] {
+    const PIECE: usize = 16 << 20;
+    let mut sha = Sha256::new();
+    for piece in data.chunks(PIECE) {
+        sha.update(piece);
+        hashed.fetch_add(piece.len() as u64, Ordering::Relaxed);
+    }
+    sha.finalize().into()
 }
 
 /// A read-only view of a file's bytes: a memory map of the file, a copy of a sparse file's
@@ -268,14 +280,23 @@ impl DirectCopy {
 impl Store {
     /// Chunks, hashes and stores `data`; nothing is visible until [`Store::commit`].
     pub fn prepare(&self, data: &[u8]) -> Result<PreparedContent> {
+        self.prepare_counting(data, &AtomicU64::new(0))
+    }
+
+    /// [`Store::prepare`], adding the bytes hashed so far to `hashed` (for progress bars).
+    pub(crate) fn prepare_counting(
+        &self,
+        data: &[u8],
+        hashed: &AtomicU64,
+    ) -> Result<PreparedContent> {
         if (data.len() as u64) >= self.options.raw_pack_min_file
             && (data.as_ptr() as usize) % DIRECT_ALIGN == 0
         {
             if let Some(copy) = DirectCopy::create(&self.staging_dir()) {
-                return self.prepare_with(data, || self.store_copying(data, copy));
+                return self.prepare_with(data, hashed, || self.store_copying(data, copy));
             }
         }
-        self.prepare_with(data, || self.store_chunks(data))
+        self.prepare_with(data, hashed, || self.store_chunks(data))
     }
 
     /// Stores a big file's chunks by copying the whole file aside with O_DIRECT while its
@@ -331,10 +352,11 @@ impl Store {
     fn prepare_with(
         &self,
         data: &[u8],
+        hashed: &AtomicU64,
         store: impl FnOnce() -> Result<(Vec<PreparedChunk>, u64)>,
     ) -> Result<PreparedContent> {
         std::thread::scope(|scope| {
-            let sha256 = scope.spawn(|| sha256(data));
+            let sha256 = scope.spawn(|| sha256_counting(data, hashed));
             let chunks = store();
             let sha256 = sha256
                 .join()
@@ -378,7 +400,7 @@ impl Store {
         if (data.len() as u64) < self.options.raw_pack_min_file {
             return self.prepare(data);
         }
-        self.prepare_with(data, || {
+        self.prepare_with(data, &AtomicU64::new(0), || {
             let spans = self.hash_spans(data, |_| Ok(()))?;
             self.store_hashed(data, Some(path), spans)
         })

@@ -7,9 +7,13 @@
 //! a [`Preparing`] handle per file, which the importer waits on in walk order, so the catalog
 //! sees the files in the same order as before.
 
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError,
+};
 use std::sync::Arc;
 use std::thread::Scope;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -29,8 +33,15 @@ pub(crate) struct Preparing {
 }
 
 impl Preparing {
-    pub(crate) fn wait(&self) -> Result<PreparedContent> {
-        self.done.recv().unwrap_or_else(|_| Err(worker_stopped()))
+    /// Waits for the prepared content, calling `tick` every `every` meanwhile.
+    pub(crate) fn wait(&self, every: Duration, mut tick: impl FnMut()) -> Result<PreparedContent> {
+        loop {
+            match self.done.recv_timeout(every) {
+                Ok(prepared) => return prepared,
+                Err(RecvTimeoutError::Timeout) => tick(),
+                Err(RecvTimeoutError::Disconnected) => return Err(worker_stopped()),
+            }
+        }
     }
 
     /// The prepared content if the worker is done with it.
@@ -53,6 +64,8 @@ fn worker_stopped() -> StoreError {
 pub(crate) struct PreparePool {
     jobs: Sender<Job>,
     workers: usize,
+    /// Bytes the workers have hashed, over all files.
+    hashed: Arc<AtomicU64>,
 }
 
 impl PreparePool {
@@ -65,23 +78,34 @@ impl PreparePool {
     ) -> PreparePool {
         let (jobs, queue) = channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
+        let hashed = Arc::new(AtomicU64::new(0));
         let workers = workers.max(1);
         for _ in 0..workers {
             let queue = queue.clone();
+            let hashed = hashed.clone();
             scope.spawn(move || loop {
                 let job = queue.lock().recv();
                 let Ok(job) = job else { return };
                 // The importer may have stopped waiting (an earlier error); nothing to tell.
-                let _ = job.done.send(store.prepare(&job.data));
+                let _ = job.done.send(store.prepare_counting(&job.data, &hashed));
             });
         }
-        PreparePool { jobs, workers }
+        PreparePool {
+            jobs,
+            workers,
+            hashed,
+        }
     }
 
     /// Files that may be in flight at once: one more than the workers, so the next file is
     /// queued before a worker finishes its current one.
     pub(crate) fn capacity(&self) -> usize {
         self.workers + 1
+    }
+
+    /// Bytes of the files handed to the pool hashed so far: each file's size once it is done.
+    pub(crate) fn hashed_bytes(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
     }
 
     /// Queues `data` for preparing.
