@@ -46,23 +46,30 @@ def test_import_into_a_mounted_store(mount_env, corpus):
     assert m.verify().returncode == 0
 
 
+def one_file_repo(m, tmp_path, name):
+    """An HF cache with one repo whose snapshot holds one 3 MiB file, imported into `m`:
+    (the cache, the snapshot dir, the file's path in the mount)."""
+    hub = tmp_path / "hub"
+    repo = hub / f"models--org--{name}"
+    commit = "c" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "weights.bin").write_bytes(os.urandom(3 << 20))
+    m.cli("import", hub)
+    in_mount = m.path / "huggingface/hub" / repo.name / "snapshots" / commit / "weights.bin"
+    return hub, snap, in_mount
+
+
 def test_a_file_held_open_across_an_import_reads_the_new_bytes(mount_env, tmp_path):
     """An import that replaces the content of a file someone holds open: reads through the
     open descriptor give the new bytes (as after any in-place rewrite), never the old content
     cut to the new length, and a gc through the daemon right after changes nothing."""
     import hashlib
     m = mount_env.mount
-    hub = tmp_path / "hub"
-    repo = hub / "models--org--held"
-    commit = "c" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    old = os.urandom(3 << 20)
-    (snap / "weights.bin").write_bytes(old)
-    m.cli("import", hub)
-    path = m.path / "huggingface/hub/models--org--held/snapshots" / commit / "weights.bin"
+    hub, snap, path = one_file_repo(m, tmp_path, "held")
+    old = (snap / "weights.bin").read_bytes()
     fd = os.open(path, os.O_RDONLY)
     try:
         assert os.pread(fd, 1 << 20, 0) == old[:1 << 20]
@@ -84,17 +91,9 @@ def test_a_file_an_import_replaces_stays_readable_where_it_is_open(mount_env, tm
     file becomes a link to a blob): a descriptor open on the old file keeps reading and
     stat-ing it, as on a disk, and the old file's bytes are dropped once it is closed."""
     m = mount_env.mount
-    hub = tmp_path / "hub"
-    repo = hub / "models--org--swapped"
-    commit = "d" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    old = os.urandom(3 << 20)
-    (snap / "weights.bin").write_bytes(old)
-    m.cli("import", hub)
-    path = m.path / "huggingface/hub/models--org--swapped/snapshots" / commit / "weights.bin"
+    hub, snap, path = one_file_repo(m, tmp_path, "swapped")
+    repo = snap.parent.parent
+    old = (snap / "weights.bin").read_bytes()
     fd = os.open(path, os.O_RDONLY)
     try:
         assert os.pread(fd, 1 << 20, 0) == old[:1 << 20]

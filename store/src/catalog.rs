@@ -303,25 +303,32 @@ impl Tx<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_version_1_catalog_gains_block_cvs_and_keeps_its_rows() {
+    /// A catalog made by this build, turned back by `downgrade` into what an older build left
+    /// behind, then opened (migrated) again.
+    fn migrated_from(downgrade: &str) -> (tempfile::TempDir, Catalog) {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("catalog.db");
         drop(Catalog::open(&path).unwrap());
-        // Turn it back into what a version-1 build left behind, with one chunk row.
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "ALTER TABLE chunks DROP COLUMN cvs;
-             ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
-             INSERT INTO chunks (hash, pack, offset, len, refs) VALUES (x'00', 1, 40, 5, 1);
-             PRAGMA user_version = 1;",
-        )
-        .unwrap();
-        drop(conn);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(downgrade)
+            .unwrap();
         let catalog = Catalog::open(&path).unwrap();
         assert_eq!(
             catalog.read(|tx| tx.schema_version()).unwrap(),
             SCHEMA_VERSION
+        );
+        (tmp, catalog)
+    }
+
+    #[test]
+    fn a_version_1_catalog_gains_block_cvs_and_keeps_its_rows() {
+        // Version 1, with one chunk row.
+        let (_tmp, catalog) = migrated_from(
+            "ALTER TABLE chunks DROP COLUMN cvs;
+             ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
+             INSERT INTO chunks (hash, pack, offset, len, refs) VALUES (x'00', 1, 40, 5, 1);
+             PRAGMA user_version = 1;",
         );
         let (len, cvs): (i64, Option<Vec<u8>>) = catalog
             .read(|tx| {
@@ -335,12 +342,8 @@ mod tests {
 
     #[test]
     fn a_version_2_catalog_names_its_contents_by_chunk_list() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("catalog.db");
-        drop(Catalog::open(&path).unwrap());
-        // What a version-2 build left behind: two contents named by a BLAKE3 of their bytes.
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
+        // Version 2: two contents named by a BLAKE3 of their bytes.
+        let (_tmp, catalog) = migrated_from(
             "ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
              INSERT INTO chunks (id, hash, pack, offset, len, refs) VALUES
                  (1, zeroblob(32), 1, 40, 5, 2), (2, x'1100000000000000000000000000000000000000000000000000000000000000', 1, 90, 7, 1);
@@ -348,13 +351,6 @@ mod tests {
                  (1, 12, zeroblob(32), x'01', 1), (2, 5, zeroblob(32), x'02', 1);
              INSERT INTO content_chunks VALUES (1, 0, 0, 2), (1, 1, 7, 1), (2, 0, 0, 1);
              PRAGMA user_version = 2;",
-        )
-        .unwrap();
-        drop(conn);
-        let catalog = Catalog::open(&path).unwrap();
-        assert_eq!(
-            catalog.read(|tx| tx.schema_version()).unwrap(),
-            SCHEMA_VERSION
         );
         let (zero, one) = ([0u8; 32], {
             let mut h = [0u8; 32];
