@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 start=$SECONDS
 section() { printf '\n===== [%4ds] %s =====\n' "$((SECONDS - start))" "$*"; }
 
-SYSTEM_PACKAGES=(fuse3 pkg-config tmux util-linux)
+SYSTEM_PACKAGES=(fuse3 pkg-config tmux util-linux btrfs-progs)
 VENV=integration/.venv
 REQUIREMENTS=integration/requirements.txt
 

@@ -528,3 +528,56 @@ def test_store_from_env_var(tmp_path, make_store, base_env):
     assert m.store.is_dir()
     assert m.status()["logical_bytes"] == regular_bytes(hub)
     assert_reads_back(m, tree_entries(hub, C.NS_HF))
+
+
+@pytest.fixture
+def btrfs_dir(tmp_path):
+    """A fresh btrfs file system on a loop device (a file under tmp_path), mounted; torn down
+    after the test. CI installs btrfs-progs (test.sh)."""
+    import shutil
+    import subprocess
+    if shutil.which("mkfs.btrfs") is None:
+        pytest.fail("mkfs.btrfs missing: test.sh installs btrfs-progs")
+    image, where = tmp_path / "btrfs.img", tmp_path / "btrfs"
+    with open(image, "wb") as f:
+        f.truncate(1 << 30)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    where.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def used_bytes(path: Path) -> int:
+    os.sync()
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def test_import_on_btrfs_clones_instead_of_copying(btrfs_dir, base_env, mlxfs_bin):
+    """Source and store on one file system that can clone (btrfs, XFS): a big new file's pack
+    is a clone of it (FICLONE), so the import writes no data; the pack keeps its bytes when the
+    source is rewritten in place afterwards (copy-on-write)."""
+    from mlxfs_helpers import Mlxfs
+    rng = np.random.default_rng(11)
+    hub = btrfs_dir / "hub"
+    weights = rng.bytes(96 << 20)
+    C.write_hf_repo(hub, "org/cloned", {"model.bin": weights, "config.json": b"{}\n"},
+                    C.fake_commit("cloned", 0))
+    m = Mlxfs(mlxfs_bin, btrfs_dir / "store", base_env)
+    before = used_bytes(btrfs_dir)
+    report = m.import_(hub)
+    assert report["new_bytes"] >= len(weights), report
+    grew = used_bytes(btrfs_dir) - before
+    assert grew < len(weights) // 4, f"the store grew by {grew} bytes for a {len(weights)}-byte file"
+    assert not any((btrfs_dir / "store" / "staging").iterdir())
+
+    blob = hub / "models--org--cloned" / "blobs" / C.sha256_hex(weights)
+    with open(blob, "r+b") as f:
+        f.write(b"\0" * (1 << 20))
+    ns = f"{C.NS_HF}/models--org--cloned/blobs/{C.sha256_hex(weights)}"
+    assert hashlib.sha256(m.run("cat", ns).stdout).digest() == hashlib.sha256(weights).digest()
+    v = m.run("verify")
+    assert b"all good" in v.stdout, v.stdout

@@ -1497,7 +1497,9 @@ impl Importer<'_> {
             self.queue.push(Queued::Preparing(file, preparing));
             return self.after_queueing();
         }
-        let prepared = self.store.prepare(&data)?;
+        let prepared = self
+            .store
+            .prepare_import(&data, &std::sync::atomic::AtomicU64::new(0))?;
         drop(data);
         match self.finish_file(file, prepared) {
             Some(op) => self.push(op),

@@ -43,6 +43,8 @@ pub struct MappedFile {
     map: Option<Mmap>,
     /// Whether `map` maps the file itself (else it is a copy).
     maps_the_file: bool,
+    /// The file mapped (a descriptor of its own), when `map` maps it: an import may clone it.
+    source: Option<File>,
 }
 
 impl MappedFile {
@@ -60,6 +62,7 @@ impl MappedFile {
             return Ok(MappedFile {
                 map: None,
                 maps_the_file: false,
+                source: None,
             });
         }
         if first_hole(file, len).is_some_and(|hole| hole < len) {
@@ -73,6 +76,7 @@ impl MappedFile {
         Ok(MappedFile {
             map: Some(map),
             maps_the_file: true,
+            source: file.try_clone().ok(),
         })
     }
 
@@ -100,6 +104,7 @@ impl MappedFile {
         Ok(MappedFile {
             map: Some(copy.make_read_only().ctx(ctx)?),
             maps_the_file: false,
+            source: None,
         })
     }
 
@@ -216,9 +221,51 @@ pub(crate) const DIRECT_COPY_SUFFIX: &str = ".import-copy";
 /// Bytes per O_DIRECT write of [`DirectCopy::write`].
 const DIRECT_PIECE: usize = 8 << 20;
 
+/// A new name in the staging directory for a copy of a file being imported (an O_DIRECT copy
+/// or a clone). Removed by its user; one a crash left is removed when the store is next opened
+/// (`Store::recover`).
+fn import_copy_path(staging: &Path) -> Option<std::path::PathBuf> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::fs::create_dir_all(staging).ok()?;
+    Some(staging.join(format!(
+        "import-{}-{}{DIRECT_COPY_SUFFIX}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )))
+}
+
+/// A clone of `source` in the staging directory that shares its data on disk (FICLONE, as
+/// `cp --reflink`: btrfs, XFS, bcachefs), or None where the file system cannot clone (ext4;
+/// the store on another file system than the source). Nothing is copied, and a later write to
+/// either file is copy-on-write: the clone keeps exactly the bytes it was made with.
+#[cfg(target_os = "linux")]
+fn clone_into(staging: &Path, source: &File) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    let path = import_copy_path(staging)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ok()?;
+    // SAFETY: an ioctl on two descriptors we hold; the kernel touches no memory of ours.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(error = %e, "no clone of the import source");
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    Some(path)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn clone_into(_staging: &Path, _source: &File) -> Option<std::path::PathBuf> {
+    None
+}
+
 /// A file in the staging directory opened with O_DIRECT, for a copy of a file being imported
-/// (see `Store::store_copying`). Removed by its user; one a crash left is removed when the
-/// store is next opened (`Store::recover`).
+/// (see `Store::store_copying`).
 struct DirectCopy {
     file: File,
     path: std::path::PathBuf,
@@ -235,13 +282,7 @@ impl DirectCopy {
     #[cfg(target_os = "linux")]
     fn create(staging: &Path) -> Option<DirectCopy> {
         use std::os::unix::fs::OpenOptionsExt;
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        std::fs::create_dir_all(staging).ok()?;
-        let path = staging.join(format!(
-            "import-{}-{}{DIRECT_COPY_SUFFIX}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = import_copy_path(staging)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -281,6 +322,37 @@ impl Store {
     /// Chunks, hashes and stores `data`; nothing is visible until [`Store::commit`].
     pub fn prepare(&self, data: &[u8]) -> Result<PreparedContent> {
         self.prepare_counting(data, &AtomicU64::new(0))
+    }
+
+    /// Prepares a file being imported. Where its file system can clone it into the store's
+    /// staging directory (btrfs, XFS: `clone_into`), the clone is what is chunked and hashed,
+    /// and when its chunks are all new it becomes the raw pack: the import then writes no data
+    /// at all, and the pack holds exactly the bytes its chunk ids were computed from even if
+    /// the source changes meanwhile. Elsewhere as [`Store::prepare_counting`].
+    pub(crate) fn prepare_import(
+        &self,
+        data: &MappedFile,
+        hashed: &AtomicU64,
+    ) -> Result<PreparedContent> {
+        let big = data.len() as u64 >= self.options.raw_pack_min_file;
+        let clone = data
+            .source
+            .as_ref()
+            .filter(|_| big)
+            .and_then(|source| clone_into(&self.staging_dir(), source));
+        let Some(clone) = clone else {
+            return self.prepare_counting(data, hashed);
+        };
+        let prepared = match MappedFile::open(&clone) {
+            Ok(copy) if copy.len() == data.len() && copy.maps_the_file() => {
+                self.prepare_adopting_counting(&copy, &clone, hashed)
+            }
+            // Changed since it was mapped, or holes: the source's mapping, as elsewhere.
+            _ => self.prepare_counting(data, hashed),
+        };
+        // Adoption linked the clone into the packs: its staging name goes either way.
+        let _ = std::fs::remove_file(&clone);
+        prepared
     }
 
     /// [`Store::prepare`], adding the bytes hashed so far to `hashed` (for progress bars).
@@ -397,10 +469,19 @@ impl Store {
     /// pack of its own and every chunk is new, the file itself becomes that pack (see
     /// `Packs::adopt_raw`): no copy, and its pages in the page cache are the pack's.
     pub fn prepare_adopting(&self, data: &[u8], path: &Path) -> Result<PreparedContent> {
+        self.prepare_adopting_counting(data, path, &AtomicU64::new(0))
+    }
+
+    fn prepare_adopting_counting(
+        &self,
+        data: &[u8],
+        path: &Path,
+        hashed: &AtomicU64,
+    ) -> Result<PreparedContent> {
         if (data.len() as u64) < self.options.raw_pack_min_file {
-            return self.prepare(data);
+            return self.prepare_counting(data, hashed);
         }
-        self.prepare_with(data, &AtomicU64::new(0), || {
+        self.prepare_with(data, hashed, || {
             let spans = self.hash_spans(data, |_| Ok(()))?;
             self.store_hashed(data, Some(path), spans)
         })

@@ -87,7 +87,7 @@ impl PreparePool {
                 let job = queue.lock().recv();
                 let Ok(job) = job else { return };
                 // The importer may have stopped waiting (an earlier error); nothing to tell.
-                let _ = job.done.send(store.prepare_counting(&job.data, &hashed));
+                let _ = job.done.send(store.prepare_import(&job.data, &hashed));
             });
         }
         PreparePool {
