@@ -378,8 +378,13 @@ impl Packs {
             .iter()
             .map(|(id, file)| (*id, file.clone()))
             .collect();
-        for (id, file) in writing {
+        for (id, file) in &writing {
             file.sync_data().ctx(|| format!("syncing raw pack {id}"))?;
+        }
+        if !writing.is_empty() {
+            // A commit may name chunks of a raw pack another file is still writing (they were
+            // pending when it was prepared): the pack's name must survive a crash too.
+            sync_dir(&self.dir)?;
         }
         Ok(())
     }
