@@ -224,6 +224,7 @@ const DIRECT_PIECE: usize = 8 << 20;
 /// A new name in the staging directory for a copy of a file being imported (an O_DIRECT copy
 /// or a clone). Removed by its user; one a crash left is removed when the store is next opened
 /// (`Store::recover`).
+#[cfg(target_os = "linux")]
 fn import_copy_path(staging: &Path) -> Option<std::path::PathBuf> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     std::fs::create_dir_all(staging).ok()?;
