@@ -16,13 +16,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use sha1::Digest as _;
-use sha2::Sha256;
 
 use crate::catalog::{Catalog, Tx};
 use crate::config::ChunkerConfig;
 use crate::content::PreparedContent;
 use crate::error::{Result as StoreResult, StoreError};
-use crate::ingest::MappedFile;
+use crate::ingest::{sha256_with_progress, MappedFile};
 use crate::models::{is_sha256_hex, parse_ollama_manifest, HF_ROOT, OLLAMA_ROOT};
 use crate::namespace::{now_ns, Inode, NewInode, NodeKind};
 use crate::prepare_pool::{PreparePool, Preparing};
@@ -42,8 +41,6 @@ const BATCH_BYTES: u64 = 1 << 30;
 const POOL_MIN_FILE: u64 = 1 << 20;
 /// How often a wait for a file being prepared passes on the progress of the pool.
 const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-/// Progress granularity while hashing a large file.
-const PROGRESS_PIECE: usize = 32 << 20;
 
 /// Which tool's layout a source tree has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -781,15 +778,6 @@ fn classify(layout: Layout, rel: &[Vec<u8>]) -> Claim {
 
 fn is_manifest(layout: Layout, rel: &[Vec<u8>]) -> bool {
     layout == Layout::Ollama && rel.first().is_some_and(|p| p == b"manifests")
-}
-
-fn sha256_with_progress(data: &[u8], progress: &dyn Fn(u64)) -> [u8; 32] {
-    let mut sha = Sha256::new();
-    for piece in data.chunks(PROGRESS_PIECE) {
-        sha.update(piece);
-        progress(piece.len() as u64);
-    }
-    sha.finalize().into()
 }
 
 fn git_blob_sha1(data: &[u8]) -> [u8; 20] {

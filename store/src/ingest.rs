@@ -24,14 +24,16 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// SHA-256 of `data`, adding to `hashed` as it goes (the slowest pass over a file being
-/// prepared, so its progress is the file's).
-fn sha256_counting(data: &[u8], hashed: &AtomicU64) -> [u8; 32] {
-    const PIECE: usize = 16 << 20;
+/// Progress granularity while hashing a large file.
+const PROGRESS_PIECE: usize = 32 << 20;
+
+/// SHA-256 of `data`, telling `progress` of every piece hashed (the slowest pass over a file
+/// being prepared, so its progress is the file's).
+pub(crate) fn sha256_with_progress(data: &[u8], progress: &dyn Fn(u64)) -> [u8; 32] {
     let mut sha = Sha256::new();
-    for piece in data.chunks(PIECE) {
+    for piece in data.chunks(PROGRESS_PIECE) {
         sha.update(piece);
-        hashed.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        progress(piece.len() as u64);
     }
     sha.finalize().into()
 }
@@ -429,7 +431,11 @@ impl Store {
         store: impl FnOnce() -> Result<(Vec<PreparedChunk>, u64)>,
     ) -> Result<PreparedContent> {
         std::thread::scope(|scope| {
-            let sha256 = scope.spawn(|| sha256_counting(data, hashed));
+            let sha256 = scope.spawn(|| {
+                sha256_with_progress(data, &|n| {
+                    hashed.fetch_add(n, Ordering::Relaxed);
+                })
+            });
             let chunks = store();
             let sha256 = sha256
                 .join()
