@@ -1461,6 +1461,13 @@ impl Importer<'_> {
             }
         }
 
+        // A file whose bytes were counted as its SHA-256 was checked above is prepared here:
+        // the pool would count them again.
+        let progress = match sha {
+            Some(_) => FileProgress::Reported,
+            None if meta.size >= POOL_MIN_FILE => FileProgress::FromThePool,
+            None => FileProgress::AtTheEnd,
+        };
         let file = PendingFile {
             parent,
             name,
@@ -1469,18 +1476,9 @@ impl Importer<'_> {
             link_key,
             claimed,
             warnings,
-            progress: match sha {
-                Some(_) => FileProgress::Reported,
-                None => FileProgress::AtTheEnd,
-            },
+            progress,
         };
-        // A file whose bytes were counted as its SHA-256 was checked above is prepared here:
-        // the pool would count them again.
-        if meta.size >= POOL_MIN_FILE && sha.is_none() {
-            let file = PendingFile {
-                progress: FileProgress::FromThePool,
-                ..file
-            };
+        if progress == FileProgress::FromThePool {
             let preparing = self.pool.submit(data);
             self.queue.push(Queued::Preparing(file, preparing));
             return self.after_queueing();

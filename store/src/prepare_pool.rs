@@ -111,10 +111,8 @@ impl PreparePool {
     /// Queues `data` for preparing.
     pub(crate) fn submit(&self, data: MappedFile) -> Preparing {
         let (done, result) = sync_channel(1);
-        if let Err(unsent) = self.jobs.send(Job { data, done }) {
-            // No worker is left (they only stop with the pool): the handle reports it.
-            drop(unsent);
-        }
+        // Fails only with no worker left (they stop with the pool): the handle reports it.
+        let _ = self.jobs.send(Job { data, done });
         Preparing { done: result }
     }
 }
