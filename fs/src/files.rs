@@ -869,9 +869,7 @@ impl Vfs {
         }
         let data = MappedFile::from_file(&staged.file, &staged.path)?;
         let record = staged.record(file.ino, String::new());
-        // A sparse file is read into memory (MappedFile::copy_sparse): its holes must not
-        // become a pack's, which the read path maps.
-        let adopt_from = (adopt && data.maps_the_file()).then_some(staged.path.as_path());
+        let adopt_from = adopt.then_some(staged.path.as_path());
         let (new_bytes, content) = self
             .commit_bytes(&data, &record, false, adopt_from)
             .map_err(|e| self.after_failed_commit(e))?;
@@ -895,16 +893,19 @@ impl Vfs {
     /// Commits the first `to.size` bytes of `data` as the content of inode `to.ino`, with its
     /// times. `only_over_base`: leave an inode whose content is no longer `to.base` alone
     /// (recovery of a record that a later change overtook). Returns the bytes new to the store
-    /// and the content committed. `adopt_from`: the file `data` maps, which nobody writes any
-    /// more; when it is exactly the committed bytes, it may become their pack.
+    /// and the content committed. `adopt_from`: the file `data` was read from, which nobody
+    /// writes any more; when `data` maps it and is exactly the committed bytes, it may become
+    /// their pack (a sparse file is read into memory instead, see `MappedFile::from_file`: its
+    /// holes must not become a pack's, which the read path maps).
     fn commit_bytes(
         &self,
-        data: &[u8],
+        data: &MappedFile,
         to: &Record,
         only_over_base: bool,
         adopt_from: Option<&std::path::Path>,
     ) -> Result<(u64, Option<i64>), store::StoreError> {
-        let adopt_from = adopt_from.filter(|_| data.len() as u64 == to.size);
+        let adopt_from =
+            adopt_from.filter(|_| data.maps_the_file() && data.len() as u64 == to.size);
         let data = &data[..(to.size as usize).min(data.len())];
         let _guard = self.store.ingest_guard();
         let prepared = match adopt_from {
@@ -1143,8 +1144,7 @@ impl Vfs {
                 }
             };
             // The dead daemon's staging file is written by nobody now: it may become the pack.
-            let adopt_from = data.maps_the_file().then_some(staged.as_path());
-            let (new_bytes, _) = self.commit_bytes(&data, record, true, adopt_from)?;
+            let (new_bytes, _) = self.commit_bytes(&data, record, true, Some(staged.as_path()))?;
             tracing::info!(
                 ino = record.ino,
                 size = record.size,
