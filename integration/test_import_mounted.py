@@ -115,3 +115,26 @@ def test_a_file_an_import_replaces_stays_readable_where_it_is_open(mount_env, tm
     assert m.verify().returncode == 0
     status = json.loads(m.cli("status", "--json").stdout)
     assert status["logical_bytes"] < len(old) + len(new) + (1 << 20), status
+
+
+def test_the_daemon_syncs_an_import_behind_it(mount_env, tmp_path):
+    """An import through the daemon returns once committed, before its packs are known to be
+    on disk; the daemon then makes them durable and drops their unsynced marks at once, not at
+    its next start."""
+    import sqlite3
+    import time
+    m = mount_env.mount
+    _, snap, in_mount = one_file_repo(m, tmp_path, "behind")
+
+    def marks():
+        db = sqlite3.connect(m.store / "catalog.db")
+        try:
+            return db.execute("SELECT pack, session FROM unsynced_packs").fetchall()
+        finally:
+            db.close()
+
+    deadline = time.monotonic() + 20
+    while marks() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marks() == []
+    assert in_mount.read_bytes() == (snap / "weights.bin").read_bytes()

@@ -581,3 +581,76 @@ def test_import_on_btrfs_clones_instead_of_copying(btrfs_dir, base_env, mlxfs_bi
     assert hashlib.sha256(m.run("cat", ns).stdout).digest() == hashlib.sha256(weights).digest()
     v = m.run("verify")
     assert b"all good" in v.stdout, v.stdout
+
+
+def unsynced_marks(store: Path) -> list[tuple[int, str]]:
+    """The packs an import committed before they were known to be on disk."""
+    import sqlite3
+    db = sqlite3.connect(store / "catalog.db")
+    try:
+        return db.execute("SELECT pack, session FROM unsynced_packs").fetchall()
+    finally:
+        db.close()
+
+
+def cut_short_repo(tmp_path: Path) -> tuple[Path, str, dict[str, bytes]]:
+    """A repo of two 24 MiB shards (each its own raw pack); returns hub, snapshot ns path, files."""
+    rng = np.random.default_rng(11)
+    files = {"config.json": b'{"model_type": "llama"}\n',
+             "a.safetensors": small_safetensors(rng, 24 << 20),
+             "b.safetensors": small_safetensors(rng, 24 << 20)}
+    commit = C.fake_commit("cut/short", 0)
+    hub = tmp_path / "hub"
+    C.write_hf_repo(hub, "cut/short", files, commit)
+    return hub, f"huggingface/hub/models--cut--short/snapshots/{commit}", files
+
+
+def test_an_import_cut_short_by_a_crash_drops_files_never_shows_them_wrong(tmp_path, make_store):
+    """import returns before its packs are on disk, as cp does. After a power cut (a new boot)
+    the next command checks what it wrote: a file whose bytes did not reach the disk is gone
+    from the tree, never shown cut; the others stay; importing again brings it back."""
+    hub, snap, files = cut_short_repo(tmp_path)
+    m = make_store()
+    m.import_(hub)
+    assert unsynced_marks(m.store), "the import recorded its packs as not yet on disk"
+
+    # What a power cut leaves: the catalog's commit on disk, half of one pack not, a new boot.
+    import sqlite3
+    db = sqlite3.connect(m.store / "catalog.db")
+    db.execute("UPDATE unsynced_packs SET session = 'another-boot/u1'")
+    db.commit()
+    db.close()
+    raw = sorted((m.store / "packs").glob("*.raw"))
+    assert len(raw) == 2, raw
+    os.truncate(raw[0], raw[0].stat().st_size // 2)
+
+    p = m.run("verify")  # the first command after the "reboot" checks, drops, then verifies
+    assert b"did not reach the disk" in p.stderr, p.stderr.decode(errors="replace")
+    assert unsynced_marks(m.store) == []
+    shown = {}
+    for name in ("a.safetensors", "b.safetensors"):
+        q = m.run("cat", f"{snap}/{name}", expect=None)
+        if q.returncode == 0:
+            assert q.stdout == files[name], f"{name} shown with wrong bytes"
+            shown[name] = True
+        else:
+            assert b"no such" in q.stderr.lower() or b"not found" in q.stderr.lower(), q.stderr
+    assert len(shown) == 1, f"exactly the cut file is dropped, got {shown}"
+    assert m.cat(f"{snap}/config.json") == files["config.json"]
+
+    m.import_(hub)
+    for name in ("a.safetensors", "b.safetensors"):
+        assert m.cat(f"{snap}/{name}") == files[name]
+
+
+def test_import_sync_and_the_next_command_leave_nothing_unsynced(tmp_path, make_store):
+    hub, snap, files = cut_short_repo(tmp_path)
+    m = make_store()
+    m.run("import", hub, "--sync")
+    assert unsynced_marks(m.store) == [], "--sync returns with the packs on disk"
+    m2 = make_store("other")
+    m2.import_(hub)
+    assert unsynced_marks(m2.store)
+    m2.run("ls")  # the next open in the same boot syncs them
+    assert unsynced_marks(m2.store) == []
+    assert m2.cat(f"{snap}/a.safetensors") == files["a.safetensors"]

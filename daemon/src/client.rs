@@ -93,7 +93,7 @@ impl Client {
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
         let mut line = json!({"v": PROTOCOL_VERSION, "cmd": "import", "paths": paths,
-            "verify_sources": options.verify_sources})
+            "verify_sources": options.verify_sources, "sync": options.sync})
         .to_string();
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;

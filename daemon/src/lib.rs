@@ -245,6 +245,10 @@ fn serve(
     let _ = watcher.join();
     reporting.stop();
     vfs.commit_all().map_err(DaemonError::Fs)?;
+    // An import's packs committed unsynced become durable now rather than at the next open.
+    if let Err(e) = vfs.store().settle_unsynced() {
+        tracing::warn!(error = %e, "syncing the packs of an import");
+    }
     let _ = std::fs::remove_file(&record_path);
     tracing::info!("unmounted");
     served.map_err(DaemonError::Io)

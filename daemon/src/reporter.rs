@@ -424,6 +424,18 @@ impl Reporter {
         if let Err(e) = self.vfs.release_unlinked_inodes() {
             tracing::warn!(error = %e, "releasing the files an import replaced");
         }
+        // The import committed before its packs reached the disk (deferred_sync.rs): they are
+        // made durable behind the reply, as `cp` leaves its copy to the kernel.
+        let settling = store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mlxfs-import-sync".into())
+            .spawn(move || match settling.settle_unsynced() {
+                Ok(marks) => tracing::debug!(marks, "an import's packs are on disk"),
+                Err(e) => tracing::warn!(error = %e, "syncing the packs of an import"),
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread to sync an import's packs; the next start will");
+        }
         let report = report?;
         if let Err(e) = store.refresh_models() {
             tracing::warn!(error = %e, "refreshing the model registry after an import");

@@ -158,14 +158,15 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
                 .map(|p| p.as_str().map(PathBuf::from).filter(|p| p.is_absolute()))
                 .collect::<Option<Vec<_>>>()
                 .ok_or(RequestError::BadPaths)?;
-            let verify_sources = match obj.get("verify_sources") {
-                None | Some(Value::Null) => false,
-                Some(v) => v.as_bool().ok_or(RequestError::BadPaths)?,
+            let flag = |name: &str| match obj.get(name) {
+                None | Some(Value::Null) => Ok(false),
+                Some(v) => v.as_bool().ok_or(RequestError::BadPaths),
             };
             Ok(Request::Import {
                 paths,
                 options: ImportOptions {
-                    verify_sources,
+                    verify_sources: flag("verify_sources")?,
+                    sync: flag("sync")?,
                     ..ImportOptions::default()
                 },
             })

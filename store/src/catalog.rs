@@ -15,7 +15,7 @@ use crate::error::StoreError;
 use crate::ChunkHash;
 
 /// Newest schema this build understands; each entry of [`MIGRATIONS`] moves one version up.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// One schema step: SQL, then (for steps SQL cannot express) code in the same transaction.
 struct Migration {
@@ -135,6 +135,26 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sql: "ALTER TABLE contents RENAME COLUMN blake3 TO chunk_list_hash;",
         then: Some(rename_contents_by_chunk_list),
+    },
+    // v4: packs an import committed before they reached the disk, with the boot and mount
+    // that wrote them (deferred_sync.rs), one row per commit that marked the pack; and the raw
+    // packs that hold a content whole (pack.rs), for passthrough.
+    Migration {
+        sql: "CREATE TABLE unsynced_packs (pack INTEGER NOT NULL, session TEXT NOT NULL);
+              CREATE TABLE whole_copies (
+                  content INTEGER PRIMARY KEY,   -- its bytes are exactly the pack's
+                  pack    INTEGER NOT NULL
+              );
+              CREATE INDEX whole_copies_by_pack ON whole_copies(pack);
+              INSERT INTO whole_copies (content, pack)
+                  SELECT cc.content, MIN(c.pack) FROM content_chunks cc
+                  JOIN chunks c ON c.id = cc.chunk
+                  JOIN contents k ON k.id = cc.content
+                  LEFT JOIN packs p ON p.id = c.pack
+                  GROUP BY cc.content
+                  HAVING MIN(c.pack) = MAX(c.pack) AND SUM(c.offset != cc.offset) = 0
+                     AND MAX(p.size) = MAX(k.size);",
+        then: None,
     },
 ];
 
@@ -325,7 +345,9 @@ mod tests {
     fn a_version_1_catalog_gains_block_cvs_and_keeps_its_rows() {
         // Version 1, with one chunk row.
         let (_tmp, catalog) = migrated_from(
-            "ALTER TABLE chunks DROP COLUMN cvs;
+            "DROP TABLE unsynced_packs;
+             DROP TABLE whole_copies;
+             ALTER TABLE chunks DROP COLUMN cvs;
              ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
              INSERT INTO chunks (hash, pack, offset, len, refs) VALUES (x'00', 1, 40, 5, 1);
              PRAGMA user_version = 1;",
@@ -344,7 +366,9 @@ mod tests {
     fn a_version_2_catalog_names_its_contents_by_chunk_list() {
         // Version 2: two contents named by a BLAKE3 of their bytes.
         let (_tmp, catalog) = migrated_from(
-            "ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
+            "DROP TABLE unsynced_packs;
+             DROP TABLE whole_copies;
+             ALTER TABLE contents RENAME COLUMN chunk_list_hash TO blake3;
              INSERT INTO chunks (id, hash, pack, offset, len, refs) VALUES
                  (1, zeroblob(32), 1, 40, 5, 2), (2, x'1100000000000000000000000000000000000000000000000000000000000000', 1, 90, 7, 1);
              INSERT INTO contents (id, size, sha256, blake3, refs) VALUES
@@ -376,5 +400,34 @@ mod tests {
             })
             .unwrap();
         assert_eq!(found, 2);
+    }
+
+    #[test]
+    fn a_version_3_catalog_gains_unsynced_packs_and_its_whole_copies() {
+        // Content 1 tiles raw pack 5 at its own offsets; content 2 lies in record pack 6.
+        let (_tmp, catalog) = migrated_from(
+            "DROP TABLE unsynced_packs;
+             DROP TABLE whole_copies;
+             INSERT INTO packs VALUES (5, 100), (6, 200);
+             INSERT INTO contents (id, size, sha256, chunk_list_hash, refs) VALUES
+                 (1, 100, zeroblob(32), x'01', 1), (2, 50, zeroblob(32), x'02', 1);
+             INSERT INTO chunks (id, hash, pack, offset, len, refs) VALUES
+                 (1, x'01', 5, 0, 60, 1), (2, x'02', 5, 60, 40, 1), (3, x'03', 6, 56, 50, 1);
+             INSERT INTO content_chunks VALUES (1, 0, 0, 1), (1, 1, 60, 2), (2, 0, 0, 3);
+             PRAGMA user_version = 3;",
+        );
+        assert_eq!(
+            catalog.read(|tx| tx.pack_equal_to_content(1)).unwrap(),
+            Some((5, 100))
+        );
+        assert_eq!(
+            catalog.read(|tx| tx.pack_equal_to_content(2)).unwrap(),
+            None
+        );
+        assert!(!catalog.read(|tx| tx.has_unsynced_packs()).unwrap());
+        catalog
+            .write(|tx| tx.mark_unsynced(&[7], "boot/u1"))
+            .unwrap();
+        assert!(catalog.read(|tx| tx.has_unsynced_packs()).unwrap());
     }
 }

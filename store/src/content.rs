@@ -43,6 +43,9 @@ pub struct PreparedContent {
     pub chunks: Vec<PreparedChunk>,
     /// Bytes appended to packs for this file (i.e. not deduplicated at prepare time).
     pub new_bytes: u64,
+    /// A raw pack holding every byte of the file at the file's own offsets (its new chunks,
+    /// and copies of the few it shares), for passthrough.
+    pub whole_in: Option<u64>,
 }
 
 /// One chunk of a committed content, with everything the read path needs.
@@ -154,6 +157,21 @@ impl Tx<'_> {
                 prepared.size
             )));
         }
+        if let Some(pack) = prepared.whole_in {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO whole_copies (content, pack) VALUES (?1, ?2)",
+                )?
+                .execute(params![content, pack as i64])?;
+            // The whole file is committed, shared chunks included: recovery must not cut the
+            // pack back to its last new chunk.
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO packs (id, size) VALUES (?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
+                )?
+                .execute(params![pack as i64, prepared.size as i64])?;
+        }
         Ok(content)
     }
 
@@ -253,6 +271,9 @@ impl Tx<'_> {
             .prepare_cached("DELETE FROM content_chunks WHERE content = ?1")?
             .execute([content])?;
         self.conn
+            .prepare_cached("DELETE FROM whole_copies WHERE content = ?1")?
+            .execute([content])?;
+        self.conn
             .prepare_cached("DELETE FROM contents WHERE id = ?1")?
             .execute([content])?;
         Ok(())
@@ -314,39 +335,16 @@ impl Tx<'_> {
         v.map(blob32).transpose()
     }
 
-    /// The one pack whose committed bytes are exactly a content's bytes at the same offsets, if
-    /// there is one: every chunk in that pack at its file offset, and the pack as long as the
-    /// content (so, chunks tiling the content, nothing else in it).
-    /// Returns the pack and the content's size.
+    /// The raw pack whose bytes are exactly `content`'s (pack.rs), with the content's size.
     pub fn pack_equal_to_content(&self, content: i64) -> Result<Option<(u64, u64)>> {
-        type Row = (
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-        );
-        let found: Option<Row> = self
+        let found: Option<(i64, i64)> = self
             .conn
             .prepare_cached(
-                "SELECT MIN(c.pack), MAX(c.pack), SUM(c.offset != cc.offset), p.size,
-                        (SELECT size FROM contents WHERE id = ?1)
-                 FROM content_chunks cc
-                 JOIN chunks c ON c.id = cc.chunk
-                 LEFT JOIN packs p ON p.id = c.pack
-                 WHERE cc.content = ?1",
+                "SELECT w.pack, k.size FROM whole_copies w JOIN contents k ON k.id = w.content
+                 WHERE w.content = ?1",
             )?
-            .query_row([content], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+            .query_row([content], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        Ok(match found {
-            Some((Some(first), Some(last), Some(0), Some(pack_size), Some(size)))
-                if first == last && pack_size == size =>
-            {
-                Some((first as u64, size as u64))
-            }
-            _ => None,
-        })
+        Ok(found.map(|(pack, size)| (pack as u64, size as u64)))
     }
 }

@@ -128,6 +128,8 @@ impl Store {
                 self.catalog.write(|tx| {
                     tx.conn()
                         .execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
+                    tx.conn()
+                        .execute("DELETE FROM whole_copies WHERE pack = ?1", [pack as i64])?;
                     Ok(())
                 })?;
                 self.remove_pack_file(pack)?;
@@ -207,6 +209,9 @@ impl Store {
             }
             tx.conn()
                 .execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
+            // Its files' chunks now lie elsewhere: they are read through the daemon.
+            tx.conn()
+                .execute("DELETE FROM whole_copies WHERE pack = ?1", [pack as i64])?;
             Ok(())
         })?;
         drop(writing);

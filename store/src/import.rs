@@ -20,6 +20,7 @@ use sha1::Digest as _;
 use crate::catalog::{Catalog, Tx};
 use crate::config::ChunkerConfig;
 use crate::content::PreparedContent;
+use crate::deferred_sync::Durability;
 use crate::error::{Result as StoreResult, StoreError};
 use crate::ingest::{sha256_with_progress, MappedFile};
 use crate::models::{is_sha256_hex, parse_ollama_manifest, HF_ROOT, OLLAMA_ROOT};
@@ -868,17 +869,6 @@ impl Op {
             _ => 0,
         }
     }
-
-    /// Bytes the op's content added to the packs, which must be durable before it commits.
-    fn new_bytes(&self) -> u64 {
-        match self {
-            Op::File {
-                content: Content::Prepared(p),
-                ..
-            } => p.new_bytes,
-            _ => 0,
-        }
-    }
 }
 
 /// An entry of an import's uncommitted batch.
@@ -1109,11 +1099,19 @@ pub struct ImportOptions {
     /// never sent by a client.
     #[serde(skip)]
     pub leave_replaced_inodes: bool,
+    /// Return only once the imported bytes are on disk. Off by default: the import commits
+    /// as soon as its packs are written, as `cp` returns, and they reach the disk within
+    /// seconds (deferred_sync.rs: a crash before that drops those files, never shows them
+    /// wrong). For scripts that delete the sources next.
+    #[serde(default)]
+    pub sync: bool,
 }
 
 struct Importer<'a> {
     store: &'a Store,
     options: ImportOptions,
+    /// Where the commits' pack bytes stand (see [`ImportOptions::sync`]).
+    durability: Durability,
     progress: &'a dyn Fn(u64),
     layout: Layout,
     report: &'a mut ImportReport,
@@ -1157,12 +1155,21 @@ impl Importer<'_> {
                 Queued::Preparing(..) => None,
             })
             .collect();
-        if ops.iter().any(|op| op.new_bytes() > 0) {
-            // Contents are committed only after the chunks they reference are durable.
+        // Contents are committed only after the chunks they reference are durable, or in the
+        // transaction that marks their packs unsynced (deferred_sync.rs).
+        let unsynced = self.store.packs().unsynced();
+        let deferred_in = match self.durability {
+            Durability::AfterCommit => self.store.write_session.as_deref(),
+            Durability::BeforeCommit => None,
+        };
+        if deferred_in.is_none() && !unsynced.is_empty() {
             self.store.packs().sync()?;
         }
         let applying = &mut *self.applying;
         let outcomes = self.store.catalog().write(|tx| {
+            if let Some(session) = deferred_in.filter(|_| !unsynced.is_empty()) {
+                tx.mark_unsynced(&unsynced, session)?;
+            }
             ops.iter()
                 .map(|op| apply(tx, op, applying))
                 .collect::<StoreResult<Vec<_>>>()
@@ -1483,9 +1490,11 @@ impl Importer<'_> {
             self.queue.push(Queued::Preparing(file, preparing));
             return self.after_queueing();
         }
-        let prepared = self
-            .store
-            .prepare_import(&data, &std::sync::atomic::AtomicU64::new(0))?;
+        let prepared = self.store.prepare_import(
+            &data,
+            &std::sync::atomic::AtomicU64::new(0),
+            self.durability,
+        )?;
         drop(data);
         match self.finish_file(file, prepared) {
             Some(op) => self.push(op),
@@ -1613,13 +1622,19 @@ impl Store {
         };
         let mut applying = Applying::default();
         let mut seen_links = HashSet::new();
+        let durability = if options.sync || self.write_session.is_none() {
+            Durability::BeforeCommit
+        } else {
+            Durability::AfterCommit
+        };
         let imported = std::thread::scope(|scope| {
-            let pool = PreparePool::start(scope, self, crate::prepare_pool::workers());
+            let pool = PreparePool::start(scope, self, crate::prepare_pool::workers(), durability);
             for source in &sources {
                 tracing::info!(path = %source.path.display(), layout = source.layout.as_str(), "importing");
                 let mut importer = Importer {
                     store: self,
                     options,
+                    durability,
                     progress,
                     layout: source.layout,
                     report: &mut report,

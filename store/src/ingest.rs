@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::blocks::hash_chunk;
 use crate::chunker::{chunk_spans, for_each_chunk_span};
 use crate::content::{chunk_list_hash, PreparedChunk, PreparedContent};
+use crate::deferred_sync::Durability;
 use crate::error::{IoContext, Result, StoreError};
 use crate::pack::ChunkLocation;
 use crate::pack::RawPackWriter;
@@ -160,22 +161,45 @@ impl std::ops::Deref for MappedFile {
 /// One chunk cut and hashed: its offset in the file, id, block CVs and length.
 type HashedSpan = (u64, ChunkHash, Vec<u8>, u32);
 
+/// What storing one file's chunks did.
+struct StoredChunks {
+    chunks: Vec<PreparedChunk>,
+    /// Bytes of chunks the store did not have.
+    new_bytes: u64,
+    /// The raw pack holding the whole file, if one does (see [`PreparedContent::whole_in`]).
+    whole_in: Option<u64>,
+}
+
+/// Whether a big file is kept whole in a raw pack of its own, for passthrough, though some of
+/// its bytes are stored already (or repeat within it): when those are at most a 64th of it.
+/// Models of one architecture share each shard's safetensors header (tensor names, shapes and
+/// offsets), a few KiB; without this, the second such model's shards could never be read
+/// by passthrough. At most 1/64 of such a file is stored twice.
+fn may_keep_whole(shared_bytes: u64, size: u64) -> bool {
+    shared_bytes <= size / 64
+}
+
 /// Where the new chunks of one file go: a raw pack of its own for a big file (made at its
 /// first new chunk), else the shared packs.
 struct NewChunks<'s> {
     store: &'s Store,
     own_pack: bool,
     raw: Option<RawPackWriter<'s>>,
+    durability: Durability,
     new_bytes: u64,
+    /// No chunk so far was stored already: the raw pack, if any, is the file from its start.
+    all_new: bool,
 }
 
 impl<'s> NewChunks<'s> {
-    fn new(store: &'s Store, file_size: u64) -> NewChunks<'s> {
+    fn new(store: &'s Store, file_size: u64, durability: Durability) -> NewChunks<'s> {
         NewChunks {
             store,
             own_pack: file_size >= store.options.raw_pack_min_file,
             raw: None,
+            durability,
             new_bytes: 0,
+            all_new: true,
         }
     }
 
@@ -183,11 +207,14 @@ impl<'s> NewChunks<'s> {
     fn put(&mut self, hash: ChunkHash, cvs: Vec<u8>, bytes: &[u8]) -> Result<PreparedChunk> {
         let claim = self.store.chunk_claims.lock();
         let location = match self.store.known_chunk(&hash)? {
-            Some(_) => None,
+            Some(_) => {
+                self.all_new = false;
+                None
+            }
             None => {
                 self.new_bytes += bytes.len() as u64;
                 if self.own_pack && self.raw.is_none() {
-                    self.raw = Some(self.store.packs.create_raw()?);
+                    self.raw = Some(self.store.packs.create_raw(self.durability)?);
                 }
                 Some(self.store.append_chunk(self.raw.as_mut(), &hash, bytes)?)
             }
@@ -207,31 +234,34 @@ impl<'s> NewChunks<'s> {
         })
     }
 
-    /// Makes the file's raw pack durable; returns the bytes that were new.
-    fn finish(self) -> Result<u64> {
+    /// Finishes the file's raw pack (durable at the next sync): the bytes that were new, and
+    /// the pack when it holds the whole file.
+    fn finish(self) -> Result<(u64, Option<u64>)> {
+        let mut whole_in = None;
         if let Some(writer) = self.raw {
+            whole_in = self.all_new.then(|| writer.id());
             writer.finish()?;
         }
-        Ok(self.new_bytes)
+        Ok((self.new_bytes, whole_in))
     }
 }
 
 /// Alignment of O_DIRECT buffers, offsets and lengths (the largest logical block size in use).
 const DIRECT_ALIGN: usize = 4096;
-/// How the staging names of [`DirectCopy`] files end.
-pub(crate) const DIRECT_COPY_SUFFIX: &str = ".import-copy";
-/// Bytes per O_DIRECT write of [`DirectCopy::write`].
-const DIRECT_PIECE: usize = 8 << 20;
+/// How the staging names of [`CopyAside`] files end.
+pub(crate) const IMPORT_COPY_SUFFIX: &str = ".import-copy";
+/// Bytes per write of [`CopyAside::write`].
+const COPY_PIECE: usize = 8 << 20;
 
-/// A new name in the staging directory for a copy of a file being imported (an O_DIRECT copy
-/// or a clone). Removed by its user; one a crash left is removed when the store is next opened
+/// A new name in the staging directory for a copy of a file being imported (a copy aside or
+/// a clone). Removed by its user; one a crash left is removed when the store is next opened
 /// (`Store::recover`).
 #[cfg(target_os = "linux")]
 fn import_copy_path(staging: &Path) -> Option<std::path::PathBuf> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     std::fs::create_dir_all(staging).ok()?;
     Some(staging.join(format!(
-        "import-{}-{}{DIRECT_COPY_SUFFIX}",
+        "import-{}-{}{IMPORT_COPY_SUFFIX}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )))
@@ -267,44 +297,52 @@ fn clone_into(_staging: &Path, _source: &File) -> Option<std::path::PathBuf> {
     None
 }
 
-/// A file in the staging directory opened with O_DIRECT, for a copy of a file being imported
-/// (see `Store::store_copying`).
-struct DirectCopy {
+/// A file in the staging directory for a copy of a big file being prepared (see
+/// `Store::store_copying`): written with O_DIRECT when its bytes must be durable before the
+/// commit (straight to the disk, no stop in the page cache), through the page cache when the
+/// commit does not wait for them (an import, see deferred_sync.rs).
+struct CopyAside {
     file: File,
     path: std::path::PathBuf,
+    direct: bool,
 }
 
-impl DirectCopy {
+impl CopyAside {
     /// None where the file system refuses O_DIRECT (or the staging directory is unusable): the
     /// caller stores chunk by chunk instead.
     #[cfg(not(target_os = "linux"))]
-    fn create(_staging: &Path) -> Option<DirectCopy> {
+    fn create(_staging: &Path, _durability: Durability) -> Option<CopyAside> {
         None
     }
 
     #[cfg(target_os = "linux")]
-    fn create(staging: &Path) -> Option<DirectCopy> {
+    fn create(staging: &Path, durability: Durability) -> Option<CopyAside> {
         use std::os::unix::fs::OpenOptionsExt;
+        let direct = durability == Durability::BeforeCommit;
         let path = import_copy_path(staging)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
             .open(&path)
-            .map_err(|e| tracing::debug!(error = %e, "no O_DIRECT copy"))
+            .map_err(|e| tracing::debug!(error = %e, direct, "no copy aside"))
             .ok()?;
-        Some(DirectCopy { file, path })
+        Some(CopyAside { file, path, direct })
     }
 
     /// Copies `data` (page-aligned) into the file; Ok(false) when `stop` was set first.
     fn write(&self, data: &[u8], stop: &std::sync::atomic::AtomicBool) -> std::io::Result<bool> {
-        let aligned = data.len() - data.len() % DIRECT_ALIGN;
+        let aligned = if self.direct {
+            data.len() - data.len() % DIRECT_ALIGN
+        } else {
+            data.len()
+        };
         let mut offset = 0;
         while offset < aligned {
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }
-            let end = aligned.min(offset + DIRECT_PIECE);
+            let end = aligned.min(offset + COPY_PIECE);
             self.file.write_all_at(&data[offset..end], offset as u64)?;
             offset = end;
         }
@@ -324,7 +362,7 @@ impl DirectCopy {
 impl Store {
     /// Chunks, hashes and stores `data`; nothing is visible until [`Store::commit`].
     pub fn prepare(&self, data: &[u8]) -> Result<PreparedContent> {
-        self.prepare_counting(data, &AtomicU64::new(0))
+        self.prepare_counting(data, &AtomicU64::new(0), Durability::BeforeCommit)
     }
 
     /// Prepares a file being imported. Where its file system can clone it into the store's
@@ -336,6 +374,7 @@ impl Store {
         &self,
         data: &MappedFile,
         hashed: &AtomicU64,
+        durability: Durability,
     ) -> Result<PreparedContent> {
         let big = data.len() as u64 >= self.options.raw_pack_min_file;
         let clone = data
@@ -344,51 +383,61 @@ impl Store {
             .filter(|_| big)
             .and_then(|source| clone_into(&self.staging_dir(), source));
         let Some(clone) = clone else {
-            return self.prepare_counting(data, hashed);
+            return self.prepare_counting(data, hashed, durability);
         };
         let prepared = match MappedFile::open(&clone) {
             Ok(copy) if copy.len() == data.len() && copy.maps_the_file() => {
-                self.prepare_adopting_counting(&copy, &clone, hashed)
+                self.prepare_adopting_counting(&copy, &clone, hashed, durability)
             }
             // Changed since it was mapped, or holes: the source's mapping, as elsewhere.
-            _ => self.prepare_counting(data, hashed),
+            _ => self.prepare_counting(data, hashed, durability),
         };
         // Adoption linked the clone into the packs: its staging name goes either way.
         let _ = std::fs::remove_file(&clone);
         prepared
     }
 
-    /// [`Store::prepare`], adding the bytes hashed so far to `hashed` (for progress bars).
+    /// [`Store::prepare`], adding the bytes hashed so far to `hashed` (for progress bars); a
+    /// big file's new bytes reach the disk as `durability` says.
     pub(crate) fn prepare_counting(
         &self,
         data: &[u8],
         hashed: &AtomicU64,
+        durability: Durability,
     ) -> Result<PreparedContent> {
         if (data.len() as u64) >= self.options.raw_pack_min_file
             && (data.as_ptr() as usize) % DIRECT_ALIGN == 0
         {
-            if let Some(copy) = DirectCopy::create(&self.staging_dir()) {
+            if let Some(copy) = CopyAside::create(&self.staging_dir(), durability) {
                 return self.prepare_with(data, hashed, || self.store_copying(data, copy));
             }
         }
-        self.prepare_with(data, hashed, || self.store_chunks(data))
+        self.prepare_with(data, hashed, || self.store_chunks(data, durability))
     }
 
-    /// Stores a big file's chunks by copying the whole file aside with O_DIRECT while its
-    /// chunks are hashed, then adopting the copy as its raw pack if every chunk is new (see
-    /// `Packs::adopt_raw`); else the new chunks are stored one by one, as [`Store::store_chunks`]
-    /// does. The copy goes from the source's pages to the disk without a stop in the page
-    /// cache: writing the pack through the page cache cost a third of an import's CPU
-    /// (docs/PERFORMANCE.md). It stops at the first chunk the store already has, so importing
-    /// a file the store mostly holds writes little more than its new chunks. Nothing names
-    /// the copy's chunks before it is complete and adopted.
-    fn store_copying(&self, data: &[u8], copy: DirectCopy) -> Result<(Vec<PreparedChunk>, u64)> {
+    /// Stores a big file's chunks by copying the whole file aside (on a thread of its own)
+    /// while its chunks are hashed, then adopting the copy as its raw pack if (nearly) every
+    /// chunk is new (see `Packs::adopt_raw`, [`may_keep_whole`]); else the new chunks are
+    /// stored one by one, as [`Store::store_chunks`] does. A copy that must be durable goes
+    /// from the source's pages to the disk with O_DIRECT: through the page cache and then
+    /// fsynced, it cost a third of an import's CPU (docs/PERFORMANCE.md). It stops once more
+    /// than that 64th is stored already, so importing a file the store mostly holds writes
+    /// little more than its new chunks. Nothing names the copy's chunks before it is complete
+    /// and adopted.
+    fn store_copying(&self, data: &[u8], copy: CopyAside) -> Result<StoredChunks> {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (spans, copied) = std::thread::scope(|scope| {
             let writer = scope.spawn(|| copy.write(data, &stop));
-            let spans = self.hash_spans(data, |hash| {
-                if !stop.load(Ordering::Relaxed) && self.known_chunk(hash)?.is_some() {
-                    stop.store(true, Ordering::Relaxed);
+            let mut seen = HashSet::new();
+            let mut shared = 0u64;
+            let spans = self.hash_spans(data, |hash, len| {
+                if !stop.load(Ordering::Relaxed)
+                    && (!seen.insert(*hash) || self.known_chunk(hash)?.is_some())
+                {
+                    shared += len as u64;
+                    if !may_keep_whole(shared, data.len() as u64) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
                 }
                 Ok(())
             });
@@ -401,12 +450,17 @@ impl Store {
             (spans, copied)
         });
         // Closed first: an unlinked file still open keeps its room (on tmpfs, its pages).
-        let DirectCopy { file, path } = copy;
+        let CopyAside { file, path, direct } = copy;
+        let durability = if direct {
+            Durability::BeforeCommit
+        } else {
+            Durability::AfterCommit
+        };
         drop(file);
         let adopt = match copied {
             Ok(complete) => complete,
             Err(e) => {
-                tracing::debug!(error = %e, "O_DIRECT copy failed; storing chunk by chunk");
+                tracing::debug!(error = %e, "copy aside failed; storing chunk by chunk");
                 false
             }
         };
@@ -414,8 +468,9 @@ impl Store {
             // Its room goes back before the chunks are stored (the copy may have filled the disk).
             let _ = std::fs::remove_file(&path);
         }
-        let stored =
-            spans.and_then(|spans| self.store_hashed(data, adopt.then_some(path.as_path()), spans));
+        let stored = spans.and_then(|spans| {
+            self.store_hashed(data, adopt.then_some(path.as_path()), spans, durability)
+        });
         // Adoption linked the copy into the packs: its staging name goes either way.
         let _ = std::fs::remove_file(&path);
         stored
@@ -428,7 +483,7 @@ impl Store {
         &self,
         data: &[u8],
         hashed: &AtomicU64,
-        store: impl FnOnce() -> Result<(Vec<PreparedChunk>, u64)>,
+        store: impl FnOnce() -> Result<StoredChunks>,
     ) -> Result<PreparedContent> {
         std::thread::scope(|scope| {
             let sha256 = scope.spawn(|| {
@@ -440,13 +495,18 @@ impl Store {
             let sha256 = sha256
                 .join()
                 .unwrap_or_else(|e| std::panic::resume_unwind(e));
-            let (chunks, new_bytes) = chunks?;
+            let StoredChunks {
+                chunks,
+                new_bytes,
+                whole_in,
+            } = chunks?;
             Ok(PreparedContent {
                 size: data.len() as u64,
                 sha256,
                 chunk_list_hash: chunk_list_hash(chunks.iter().map(|c| &c.hash)),
                 chunks,
                 new_bytes,
+                whole_in,
             })
         })
     }
@@ -457,9 +517,9 @@ impl Store {
         self.prepare(&data)
     }
 
-    fn store_chunks(&self, data: &[u8]) -> Result<(Vec<PreparedChunk>, u64)> {
+    fn store_chunks(&self, data: &[u8], durability: Durability) -> Result<StoredChunks> {
         let mut chunks = Vec::with_capacity(data.len() / self.options.chunker.avg_size + 1);
-        let mut sink = NewChunks::new(self, data.len() as u64);
+        let mut sink = NewChunks::new(self, data.len() as u64, durability);
         // Each chunk is hashed and stored as soon as it is cut, while the disk reads ahead.
         for_each_chunk_span(data, &self.options.chunker, |span| -> Result<()> {
             let start = span.offset as usize;
@@ -468,7 +528,12 @@ impl Store {
             chunks.push(sink.put(hash, cvs, bytes)?);
             Ok(())
         })?;
-        Ok((chunks, sink.finish()?))
+        let (new_bytes, whole_in) = sink.finish()?;
+        Ok(StoredChunks {
+            chunks,
+            new_bytes,
+            whole_in,
+        })
     }
 
     /// Like [`Store::prepare`] for `data`, the whole of the file at `path`, which nobody will
@@ -476,7 +541,7 @@ impl Store {
     /// pack of its own and every chunk is new, the file itself becomes that pack (see
     /// `Packs::adopt_raw`): no copy, and its pages in the page cache are the pack's.
     pub fn prepare_adopting(&self, data: &[u8], path: &Path) -> Result<PreparedContent> {
-        self.prepare_adopting_counting(data, path, &AtomicU64::new(0))
+        self.prepare_adopting_counting(data, path, &AtomicU64::new(0), Durability::BeforeCommit)
     }
 
     fn prepare_adopting_counting(
@@ -484,78 +549,106 @@ impl Store {
         data: &[u8],
         path: &Path,
         hashed: &AtomicU64,
+        durability: Durability,
     ) -> Result<PreparedContent> {
         if (data.len() as u64) < self.options.raw_pack_min_file {
-            return self.prepare_counting(data, hashed);
+            return self.prepare_counting(data, hashed, durability);
         }
         self.prepare_with(data, hashed, || {
-            let spans = self.hash_spans(data, |_| Ok(()))?;
-            self.store_hashed(data, Some(path), spans)
+            let spans = self.hash_spans(data, |_, _| Ok(()))?;
+            self.store_hashed(data, Some(path), spans, durability)
         })
     }
 
-    /// Cuts `data` and hashes every chunk in file order, telling `each` every chunk id as it
-    /// is made.
+    /// Cuts `data` and hashes every chunk in file order, telling `each` every chunk id and
+    /// length as it is made.
     fn hash_spans(
         &self,
         data: &[u8],
-        mut each: impl FnMut(&ChunkHash) -> Result<()>,
+        mut each: impl FnMut(&ChunkHash, u32) -> Result<()>,
     ) -> Result<Vec<HashedSpan>> {
         chunk_spans(data, &self.options.chunker)
             .into_iter()
             .map(|span| {
                 let start = span.offset as usize;
                 let (hash, cvs) = hash_chunk(&data[start..start + span.len as usize]);
-                each(&hash)?;
+                each(&hash, span.len)?;
                 Ok((span.offset, hash, cvs, span.len))
             })
             .collect()
     }
 
     /// Stores chunks cut and hashed already: by adopting the file at `path` (a copy of `data`)
-    /// as their raw pack when all are new and distinct, else one by one.
+    /// as their raw pack when (nearly) all are new and distinct (see [`may_keep_whole`]), else
+    /// one by one.
     fn store_hashed(
         &self,
         data: &[u8],
         path: Option<&Path>,
         spans: Vec<HashedSpan>,
-    ) -> Result<(Vec<PreparedChunk>, u64)> {
+        durability: Durability,
+    ) -> Result<StoredChunks> {
         let claim = self.chunk_claims.lock();
-        let mut distinct = HashSet::with_capacity(spans.len());
-        let mut all_new = path.is_some();
-        for (_, hash, _, _) in spans.iter().take_while(|_| path.is_some()) {
-            if !distinct.insert(*hash) || self.known_chunk(hash)?.is_some() {
-                all_new = false;
-                break;
+        if let Some(path) = path {
+            // Chunks stored already, or met earlier in this file: their bytes in the pack are
+            // a copy only passthrough reads; the catalog keeps their first location.
+            let mut seen = HashSet::with_capacity(spans.len());
+            let mut shared = Vec::with_capacity(spans.len());
+            let mut shared_bytes = 0u64;
+            for (_, hash, _, len) in &spans {
+                let is_shared = !seen.insert(*hash) || self.known_chunk(hash)?.is_some();
+                shared_bytes += if is_shared { *len as u64 } else { 0 };
+                shared.push(is_shared);
+                if !may_keep_whole(shared_bytes, data.len() as u64) {
+                    break;
+                }
+            }
+            if may_keep_whole(shared_bytes, data.len() as u64) {
+                let entries: Vec<(ChunkHash, u32)> = spans.iter().map(|s| (s.1, s.3)).collect();
+                let pack = self.packs.adopt_raw(path, &entries)?;
+                let mut pending = self.pending.lock();
+                let mut new_bytes = 0;
+                let chunks = spans
+                    .into_iter()
+                    .zip(shared)
+                    .map(|((offset, hash, cvs, len), is_shared)| {
+                        let location = if is_shared {
+                            // Pending in another writer's pack, or earlier in this one.
+                            pending.get(&hash).copied()
+                        } else {
+                            new_bytes += len as u64;
+                            let location = ChunkLocation { pack, offset, len };
+                            pending.insert(hash, location);
+                            Some(location)
+                        };
+                        PreparedChunk {
+                            hash,
+                            len,
+                            cvs,
+                            location,
+                        }
+                    })
+                    .collect();
+                return Ok(StoredChunks {
+                    chunks,
+                    new_bytes,
+                    whole_in: Some(pack),
+                });
             }
         }
-        if let (true, Some(path)) = (all_new, path) {
-            let entries: Vec<(ChunkHash, u32)> = spans.iter().map(|s| (s.1, s.3)).collect();
-            let pack = self.packs.adopt_raw(path, &entries)?;
-            let mut pending = self.pending.lock();
-            let chunks = spans
-                .into_iter()
-                .map(|(offset, hash, cvs, len)| {
-                    let location = ChunkLocation { pack, offset, len };
-                    pending.insert(hash, location);
-                    PreparedChunk {
-                        hash,
-                        len,
-                        cvs,
-                        location: Some(location),
-                    }
-                })
-                .collect();
-            return Ok((chunks, data.len() as u64));
-        }
         drop(claim);
-        let mut sink = NewChunks::new(self, data.len() as u64);
+        let mut sink = NewChunks::new(self, data.len() as u64, durability);
         let mut chunks = Vec::with_capacity(spans.len());
         for (offset, hash, cvs, len) in spans {
             let start = offset as usize;
             chunks.push(sink.put(hash, cvs, &data[start..start + len as usize])?);
         }
-        Ok((chunks, sink.finish()?))
+        let (new_bytes, whole_in) = sink.finish()?;
+        Ok(StoredChunks {
+            chunks,
+            new_bytes,
+            whole_in,
+        })
     }
 
     /// What storing `data` would add, without writing: (chunk hashes, lengths). Used by scan.

@@ -4,7 +4,7 @@
 //! Read path: `Store::read` → content map (catalog) → chunk (verified cache) → pack (pread),
 //! checked against the chunk's BLAKE3 name.
 //! Write path: `Store::prepare` (chunk, hash, append) → `Store::commit` (fsync packs, one
-//! catalog transaction).
+//! catalog transaction). An import may commit first and sync after (deferred_sync.rs).
 
 pub mod blocks;
 pub mod cache;
@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod chunker;
 pub mod config;
 pub mod content;
+pub mod deferred_sync;
 pub mod error;
 pub mod formats;
 pub mod gc;

@@ -6,9 +6,11 @@
 //!
 //! A *raw pack* (`NNNNNNNN.raw`) holds the new chunks of one large file back to back, with no
 //! headers; its side file `NNNNNNNN.index` (magic `MLXFSIX1`, pack id, then `BLAKE3-256 | u32 LE
-//! length` per chunk) keeps it scannable without the catalog. When all of a file's chunks were
-//! new, the raw pack's bytes *are* the file's bytes at the same offsets, so the kernel can serve
-//! the file from it directly (FUSE passthrough, see `Store::passthrough_pack`).
+//! length` per chunk) keeps it scannable without the catalog. When (nearly) all of a file's
+//! chunks were new, the raw pack's bytes *are* the file's bytes at the same offsets (a *whole
+//! copy*, catalog table `whole_copies`; the few chunks the store had already, such as a
+//! safetensors header another model shares, are copies the catalog does not locate), so the
+//! kernel can serve the file from it directly (FUSE passthrough, see `Store::passthrough_pack`).
 //!
 //! Packs are only ever appended to (and rewritten whole by gc), so readers can memory-map them
 //! and remap when a record lies past the current mapping.
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock};
 
+use crate::deferred_sync::Durability;
 use crate::error::{IoContext, Result, StoreError};
 use crate::ChunkHash;
 
@@ -65,6 +68,8 @@ struct ActivePack {
     len: u64,
     /// Appended bytes before this offset have been handed to the disk (see `start_writeback`).
     writeback_from: u64,
+    /// Appended bytes before this offset are durable.
+    synced_len: u64,
 }
 
 /// Appends start the disk writing once this many bytes are waiting, so the fsync before a
@@ -86,6 +91,8 @@ pub struct Packs {
     /// Raw packs still being written; [`Packs::sync`] makes them durable too, since another
     /// writer may commit a chunk it found pending in one of them.
     raw_writing: Mutex<HashMap<u64, Arc<File>>>,
+    /// Raw packs finished or adopted whose data, index and name no sync has made durable yet.
+    raw_unsynced: Mutex<HashMap<u64, Arc<File>>>,
     /// The id the next new pack gets (one past the highest on disk at open; never scanned
     /// again, so making a pack costs the same with ten thousand of them).
     next_id: Mutex<u64>,
@@ -236,6 +243,7 @@ impl Packs {
             random_files: RwLock::new(HashMap::new()),
             raw: RwLock::new(HashSet::new()),
             raw_writing: Mutex::new(HashMap::new()),
+            raw_unsynced: Mutex::new(HashMap::new()),
             next_id: Mutex::new(1),
             writeback: Writeback::default(),
         };
@@ -361,32 +369,75 @@ impl Packs {
         })
     }
 
-    /// Makes every appended record durable. Called before the catalog transaction that
-    /// references them commits; sealed packs were synced when they were closed.
+    /// Makes every appended record and every raw pack written so far durable. Called before
+    /// a catalog transaction that references them commits (unless the commit marks them
+    /// unsynced, see deferred_sync.rs); sealed record packs were synced when they were closed.
     pub fn sync(&self) -> Result<()> {
         {
-            let active = self.active.lock();
-            if let Some(pack) = active.as_ref() {
+            let mut active = self.active.lock();
+            if let Some(pack) = active.as_mut() {
                 pack.file
                     .sync_data()
                     .ctx(|| format!("syncing pack {}", pack.id))?;
+                pack.synced_len = pack.len;
             }
         }
-        let writing: Vec<(u64, Arc<File>)> = self
-            .raw_writing
-            .lock()
-            .iter()
-            .map(|(id, file)| (*id, file.clone()))
-            .collect();
+        let writing = snapshot(&self.raw_writing);
         for (id, file) in &writing {
             file.sync_data().ctx(|| format!("syncing raw pack {id}"))?;
         }
-        if !writing.is_empty() {
+        let finished = snapshot(&self.raw_unsynced);
+        for (id, file) in &finished {
+            file.sync_data().ctx(|| format!("syncing raw pack {id}"))?;
+            self.sync_raw_index(*id)?;
+        }
+        if !writing.is_empty() || !finished.is_empty() {
             // A commit may name chunks of a raw pack another file is still writing (they were
             // pending when it was prepared): the pack's name must survive a crash too.
             sync_dir(&self.dir)?;
         }
+        let mut unsynced = self.raw_unsynced.lock();
+        for (id, _) in finished {
+            unsynced.remove(&id);
+        }
         Ok(())
+    }
+
+    /// Packs that may hold bytes no sync has made durable: what a commit that does not sync
+    /// marks as unsynced.
+    pub fn unsynced(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .active
+            .lock()
+            .as_ref()
+            .filter(|pack| pack.len > pack.synced_len)
+            .map(|pack| pack.id)
+            .into_iter()
+            .collect();
+        ids.extend(self.raw_writing.lock().keys());
+        ids.extend(self.raw_unsynced.lock().keys());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Makes the files of `packs` that exist durable, with their names (the marks a previous
+    /// process left, see deferred_sync.rs).
+    pub fn sync_existing(&self, packs: &std::collections::BTreeSet<u64>) -> Result<()> {
+        for &id in packs {
+            let path = self.path(id);
+            match File::open(&path) {
+                Ok(file) => file
+                    .sync_data()
+                    .ctx(|| format!("syncing {}", path.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
+            }
+            if self.is_raw(id) {
+                self.sync_raw_index(id)?;
+            }
+        }
+        sync_dir(&self.dir)
     }
 
     /// Closes the active pack so the next append starts a new one (gc uses this).
@@ -407,13 +458,25 @@ impl Packs {
         id
     }
 
-    /// Writes raw pack `id`'s index and makes it durable (its directory entry is synced with
-    /// the pack's).
+    /// Writes raw pack `id`'s index; durable with the pack, at the next [`Packs::sync`].
     fn write_raw_index(&self, id: u64, index: &[u8]) -> Result<()> {
         let index_path = self.dir.join(raw_index_file_name(id));
-        std::fs::write(&index_path, index)
-            .and_then(|()| File::open(&index_path)?.sync_all())
-            .ctx(|| format!("writing {}", index_path.display()))
+        std::fs::write(&index_path, index).ctx(|| format!("writing {}", index_path.display()))
+    }
+
+    fn sync_raw_index(&self, id: u64) -> Result<()> {
+        let index_path = self.dir.join(raw_index_file_name(id));
+        match File::open(&index_path) {
+            Ok(file) => file
+                .sync_all()
+                .ctx(|| format!("syncing {}", index_path.display())),
+            // Gone with its pack (gc): nothing to make durable.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(
+                format!("opening {}", index_path.display()),
+                e,
+            )),
+        }
     }
 
     /// Creates the file of a new pack with the next free id.
@@ -438,7 +501,7 @@ impl Packs {
 
     /// Makes the file at `source`, whose bytes are exactly `chunks` back to back and which
     /// nobody writes any more, a raw pack without copying it: a hard link in the packs dir, and
-    /// its index. Durable (file, index, directory entries) when it returns the pack's id.
+    /// its index. Durable (file, index, directory entries) at the next [`Packs::sync`].
     pub fn adopt_raw(&self, source: &Path, chunks: &[(ChunkHash, u32)]) -> Result<u64> {
         let id = self.take_id();
         let path = self.dir.join(raw_pack_file_name(id));
@@ -449,25 +512,27 @@ impl Packs {
         for (hash, len) in chunks {
             push_raw_index_entry(&mut index, hash, *len);
         }
-        let durable = self
-            .write_raw_index(id, &index)
-            .and_then(|()| {
-                File::open(&path)
-                    .and_then(|f| f.sync_data())
-                    .ctx(|| format!("syncing raw pack {}", path.display()))
-            })
-            .and_then(|()| sync_dir(&self.dir));
-        if let Err(e) = durable {
-            let _ = std::fs::remove_file(self.dir.join(raw_index_file_name(id)));
-            let _ = std::fs::remove_file(&path);
-            self.raw.write().remove(&id);
-            return Err(e);
+        let adopted = self.write_raw_index(id, &index).and_then(|()| {
+            File::open(&path).ctx(|| format!("opening raw pack {}", path.display()))
+        });
+        match adopted {
+            Ok(file) => {
+                self.raw_unsynced.lock().insert(id, Arc::new(file));
+                Ok(id)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(self.dir.join(raw_index_file_name(id)));
+                let _ = std::fs::remove_file(&path);
+                self.raw.write().remove(&id);
+                Err(e)
+            }
         }
-        Ok(id)
     }
 
-    /// Starts a raw pack for the new chunks of one file (see the module comment).
-    pub fn create_raw(&self) -> Result<RawPackWriter<'_>> {
+    /// Starts a raw pack for the new chunks of one file (see the module comment). Its bytes
+    /// go to the disk as they are written when a sync will wait for them (`BeforeCommit`);
+    /// else when the kernel sees fit, as a `cp`'s do.
+    pub fn create_raw(&self, durability: Durability) -> Result<RawPackWriter<'_>> {
         let (id, file, path) = self.create_file(true)?;
         // The directory entry is made durable with the data, in `RawPackWriter::finish`.
         let file = Arc::new(file);
@@ -480,6 +545,7 @@ impl Packs {
             path,
             len: 0,
             writeback_from: 0,
+            start_writeback: durability == Durability::BeforeCommit,
             index,
             finished: false,
         })
@@ -500,6 +566,7 @@ impl Packs {
             file: Arc::new(file),
             len: PACK_HEADER_LEN,
             writeback_from: PACK_HEADER_LEN,
+            synced_len: PACK_HEADER_LEN,
         })
     }
 
@@ -670,6 +737,8 @@ pub struct RawPackWriter<'a> {
     path: PathBuf,
     len: u64,
     writeback_from: u64,
+    /// Whether appends start the disk writing as they go (see [`Packs::create_raw`]).
+    start_writeback: bool,
     index: Vec<u8>,
     finished: bool,
 }
@@ -693,7 +762,7 @@ impl RawPackWriter<'_> {
         }
         self.len = start + len as u64;
         push_raw_index_entry(&mut self.index, hash, len);
-        if self.len - self.writeback_from >= WRITEBACK_BATCH {
+        if self.start_writeback && self.len - self.writeback_from >= WRITEBACK_BATCH {
             self.packs
                 .writeback
                 .start(&self.file, self.writeback_from, self.len);
@@ -706,16 +775,17 @@ impl RawPackWriter<'_> {
         })
     }
 
-    /// Writes the index and makes pack, index and their directory entries durable.
+    /// Writes the index; pack, index and their names are durable at the next
+    /// [`Packs::sync`].
     pub fn finish(mut self) -> Result<()> {
-        let written = self.packs.write_raw_index(self.id, &self.index);
-        let synced = written.and_then(|()| {
-            self.file
-                .sync_data()
-                .ctx(|| format!("syncing {}", self.path.display()))
-        });
-        synced.and_then(|()| sync_dir(&self.packs.dir))?;
+        self.packs.write_raw_index(self.id, &self.index)?;
         self.finished = true;
+        // Listed as unsynced before it leaves the writing list, so a sync in between misses
+        // neither.
+        self.packs
+            .raw_unsynced
+            .lock()
+            .insert(self.id, self.file.clone());
         self.packs.raw_writing.lock().remove(&self.id);
         Ok(())
     }
@@ -730,6 +800,14 @@ impl Drop for RawPackWriter<'_> {
             self.packs.raw_writing.lock().remove(&self.id);
         }
     }
+}
+
+/// The entries of a pack list, copied out so no lock is held while they are synced.
+fn snapshot(list: &Mutex<HashMap<u64, Arc<File>>>) -> Vec<(u64, Arc<File>)> {
+    list.lock()
+        .iter()
+        .map(|(id, file)| (*id, file.clone()))
+        .collect()
 }
 
 /// One record found by scanning a pack file without the catalog.
@@ -862,7 +940,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let packs = Packs::open(dir.path(), 1 << 20).unwrap();
         let record = packs.append(&chunk(9, 10).0, &chunk(9, 10).1).unwrap();
-        let mut writer = packs.create_raw().unwrap();
+        let mut writer = packs.create_raw(Durability::BeforeCommit).unwrap();
         let raw_id = writer.id();
         assert_ne!(
             raw_id, record.pack,
@@ -905,7 +983,7 @@ mod tests {
     fn sync_covers_raw_packs_still_being_written() {
         let dir = tempfile::tempdir().unwrap();
         let packs = Packs::open(dir.path(), 1 << 20).unwrap();
-        let mut writer = packs.create_raw().unwrap();
+        let mut writer = packs.create_raw(Durability::BeforeCommit).unwrap();
         let (h, d) = chunk(3, 100);
         writer.append(&h, &d).unwrap();
         assert_eq!(packs.raw_writing.lock().len(), 1);

@@ -18,6 +18,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::content::PreparedContent;
+use crate::deferred_sync::Durability;
 use crate::error::{Result, StoreError};
 use crate::ingest::MappedFile;
 use crate::store::Store;
@@ -75,6 +76,7 @@ impl PreparePool {
         scope: &'scope Scope<'scope, '_>,
         store: &'scope Store,
         workers: usize,
+        durability: Durability,
     ) -> PreparePool {
         let (jobs, queue) = channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
@@ -87,7 +89,9 @@ impl PreparePool {
                 let job = queue.lock().recv();
                 let Ok(job) = job else { return };
                 // The importer may have stopped waiting (an earlier error); nothing to tell.
-                let _ = job.done.send(store.prepare_import(&job.data, &hashed));
+                let _ = job
+                    .done
+                    .send(store.prepare_import(&job.data, &hashed, durability));
             });
         }
         PreparePool {

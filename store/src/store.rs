@@ -89,6 +89,9 @@ pub struct Store {
     pub(crate) read_gate: RwLock<()>,
     /// One gc at a time.
     pub(crate) gc_lock: Mutex<()>,
+    /// This boot and mount of the packs' file system (deferred_sync.rs); `None`: every
+    /// commit syncs first.
+    pub(crate) write_session: Option<String>,
     _lock: File,
 }
 
@@ -109,6 +112,7 @@ impl Store {
         let lock = take_lock(root)?;
         let catalog = Catalog::open(&root.join("catalog.db"))?;
         let packs = Packs::open(&root.join("packs"), options.pack_target)?;
+        let write_session = crate::deferred_sync::write_session(packs.dir());
         let uid = unsafe { libc::geteuid() };
         let gid = unsafe { libc::getegid() };
         catalog.write(|tx| tx.ensure_root(uid, gid))?;
@@ -125,6 +129,7 @@ impl Store {
             ingest_gate: RwLock::new(()),
             read_gate: RwLock::new(()),
             gc_lock: Mutex::new(()),
+            write_session,
             _lock: lock,
         };
         store.recover()?;
@@ -153,19 +158,20 @@ impl Store {
         self.root.join("staging")
     }
 
-    /// Brings the disk back in line with the catalog after a crash: pack bytes no commit
-    /// claimed go (see [`Store::drop_uncommitted_pack_bytes`]), and so do inodes unlinked while
-    /// open.
+    /// Brings the disk back in line with the catalog after a crash: packs an import committed
+    /// unsynced are made durable, or checked (deferred_sync.rs), pack bytes no commit claimed
+    /// go (see [`Store::drop_uncommitted_pack_bytes`]), and so do inodes unlinked while open.
     fn recover(&self) -> Result<()> {
+        self.settle_unsynced_at_open()?;
         self.drop_uncommitted_pack_bytes()?;
-        // Copies an import made aside and did not adopt (see `ingest::DirectCopy`); the mount's
+        // Copies an import made aside and did not adopt (see `ingest::CopyAside`); the mount's
         // own staging files are its business (fs recovers queued commits from them).
         if let Ok(dir) = std::fs::read_dir(self.staging_dir()) {
             for entry in dir.flatten() {
                 let name = entry.file_name();
                 if name
                     .to_str()
-                    .is_some_and(|n| n.ends_with(crate::ingest::DIRECT_COPY_SUFFIX))
+                    .is_some_and(|n| n.ends_with(crate::ingest::IMPORT_COPY_SUFFIX))
                 {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -322,7 +328,9 @@ impl Store {
         prepared: &PreparedContent,
         attach: impl FnOnce(&Tx, Option<i64>) -> Result<T>,
     ) -> Result<T> {
-        if prepared.new_bytes > 0 {
+        // Also with no new bytes: its chunks may be another writer's, not yet durable (an
+        // import's, committed unsynced or still pending).
+        if prepared.new_bytes > 0 || !self.packs.unsynced().is_empty() {
             self.packs.sync()?;
         }
         self.catalog.write(|tx| {
@@ -882,6 +890,81 @@ mod tests {
             assert_eq!(store.read(&map, 0, &mut got).unwrap(), bytes.len());
             assert!(&got == bytes);
         }
+    }
+
+    #[test]
+    fn a_big_file_sharing_only_its_header_is_kept_whole_for_passthrough() {
+        use crate::formats::testgen::make_safetensors;
+        use crate::ingest::MappedFile;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
+        let import = |data: &[u8], name: &str| {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, data).unwrap();
+            let prepared = store.prepare(&MappedFile::open(&path).unwrap()).unwrap();
+            let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
+            (id, prepared.new_bytes)
+        };
+        let whole_copy = |id: i64, len: usize| {
+            let (pack, mut file) = store.passthrough_pack(id, len as u64).unwrap()?;
+            let mut on_disk = Vec::new();
+            file.read_to_end(&mut on_disk).unwrap();
+            Some((pack, on_disk))
+        };
+        // Two fine-tunes of one architecture: the same safetensors header, other weights.
+        let model = |a: &[u8], b: &[u8]| {
+            make_safetensors(&[
+                ("a.weight", "F16", vec![1024, 1024], a.to_vec()),
+                ("b.weight", "F16", vec![1024, 1024], b.to_vec()),
+            ])
+        };
+        let (a1, b1, a2, b2) = (
+            random(2 << 20, 1),
+            random(2 << 20, 2),
+            random(2 << 20, 3),
+            random(2 << 20, 4),
+        );
+        let first = model(&a1, &b1);
+        let second = model(&a2, &b2);
+        let header = first.len() - (4 << 20);
+        assert_eq!(first[..header], second[..header]);
+        let (first_id, _) = import(&first, "first");
+        let (second_id, new_bytes) = import(&second, "second");
+        assert_eq!(new_bytes, (4 << 20) as u64, "the header is stored once");
+        let (pack1, copy1) = whole_copy(first_id, first.len()).expect("first: passthrough");
+        let (pack2, copy2) = whole_copy(second_id, second.len()).expect("second: passthrough too");
+        assert_ne!(pack1, pack2);
+        assert!(
+            copy1 == first && copy2 == second,
+            "each raw pack is its file, header included"
+        );
+
+        // Sharing a whole tensor (half the file) is dedup's business: no second copy.
+        let third = model(&a2, &random(2 << 20, 5));
+        let (third_id, new_bytes) = import(&third, "third");
+        assert_eq!(new_bytes, (2 << 20) as u64);
+        assert!(whole_copy(third_id, third.len()).is_none());
+        assert!(store.verify(&|_| {}).unwrap().ok);
+
+        // The header's bytes in the second copy are checked by verify, though its chunk is
+        // the first file's: passthrough would serve them.
+        let path2 = store.packs.path(pack2);
+        let mut bytes = std::fs::read(&path2).unwrap();
+        bytes[8] ^= 0xff;
+        std::fs::write(&path2, &bytes).unwrap();
+        let report = store.verify(&|_| {}).unwrap();
+        assert_eq!(report.damaged.len(), 1, "{:?}", report.damaged);
+        assert_eq!(report.damaged[0].content, second_id);
+        assert!(
+            report.damaged[0].reason.contains("whole copy"),
+            "{}",
+            report.damaged[0].reason
+        );
+        // The daemon's reads take the header from the first file's pack, checked.
+        let map = store.catalog.read(|tx| tx.content_map(second_id)).unwrap();
+        let mut got = vec![0u8; second.len()];
+        assert_eq!(store.read(&map, 0, &mut got).unwrap(), second.len());
+        assert!(got == second);
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::content::chunk_list_hash;
+use std::os::unix::fs::FileExt;
+
+use crate::content::{chunk_list_hash, ContentMap};
 use crate::error::Result;
 use crate::store::Store;
 
@@ -79,6 +81,10 @@ impl Store {
                 progress(bytes.len() as u64);
                 report.bytes_checked += bytes.len() as u64;
             }
+            let whole_copy = self.catalog.read(|tx| tx.pack_equal_to_content(content))?;
+            if let (None, Some((pack, _))) = (&problem, whole_copy) {
+                problem = self.whole_copy_problem(&map, pack)?;
+            }
             if problem.is_none() {
                 let sha: [u8; 32] = sha.finalize().into();
                 let listed = chunk_list_hash(map.chunks.iter().map(|c| &c.hash));
@@ -102,6 +108,35 @@ impl Store {
         }
         report.ok = report.damaged.is_empty();
         Ok(report)
+    }
+
+    /// What is wrong with raw pack `pack` as the whole copy of a content (passthrough reads
+    /// it as the file), if anything: the content's chunks stored elsewhere must be there too,
+    /// byte for byte, at their file offsets (the chunks located in it are checked as chunks).
+    pub(crate) fn whole_copy_problem(&self, map: &ContentMap, pack: u64) -> Result<Option<String>> {
+        let path = self.packs.path(pack);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => return Ok(Some(format!("its whole copy, pack {pack}: {e}"))),
+        };
+        let mut buf = Vec::new();
+        for chunk in &map.chunks {
+            if chunk.location.pack == pack && chunk.location.offset == chunk.file_offset {
+                continue;
+            }
+            buf.resize(chunk.location.len as usize, 0);
+            // pread, not a mapping: a pack cut short would fault a mapping.
+            let same = file.read_exact_at(&mut buf, chunk.file_offset).is_ok()
+                && blake3::hash(&buf).as_bytes() == &chunk.hash;
+            if !same {
+                return Ok(Some(format!(
+                    "its whole copy, pack {pack}, differs from chunk {} at offset {}",
+                    hex::encode(chunk.hash),
+                    chunk.file_offset
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Every namespace path whose inode has this content.

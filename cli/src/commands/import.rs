@@ -22,6 +22,12 @@ pub struct ImportArgs {
     /// default such a blob is attached without reading it: the stored bytes match its name).
     #[arg(long)]
     pub verify_sources: bool,
+    /// Return only once the imported bytes are on disk (as `cp` followed by `sync`), e.g.
+    /// before deleting the sources. By default the import returns once it is committed and
+    /// its bytes reach the disk within seconds; a crash before that drops those files (they
+    /// are checked at the next start), never shows them with wrong bytes.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
@@ -38,6 +44,7 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
     let bar = progress_bar(total, "importing");
     let options = ImportOptions {
         verify_sources: args.verify_sources,
+        sync: args.sync,
         ..ImportOptions::default()
     };
     let report = match open_store(store_dir, true) {
