@@ -8,7 +8,8 @@
 //! crash, a power cut) or with the file system (a forced unmount, a pulled disk), and each of
 //! those changes the session. So:
 //! - in the session that wrote them, marked packs are fsynced and their marks dropped: by the
-//!   daemon right after an import it ran, by any command at its next open of the store;
+//!   daemon right after an import it ran, by any command at its next open of the store (an
+//!   fsync that fails sends its pack to the check below);
 //! - in another session, every chunk of a marked pack is read back and checked against its
 //!   BLAKE3 id before the store is used, and each file with a chunk that did not reach the disk
 //!   is dropped from the tree (the import did not happen for it), never shown with wrong bytes.
@@ -113,6 +114,15 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Marks up to row `last` as from no session, so the next open checks their packs.
+    fn refuse_unsynced_marks(&self, last: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE unsynced_packs SET session = 'sync-failed' WHERE rowid <= ?1",
+            [last],
+        )?;
+        Ok(())
+    }
+
     /// Whether any pack is marked unsynced.
     pub fn has_unsynced_packs(&self) -> Result<bool> {
         Ok(self
@@ -178,16 +188,20 @@ impl Store {
             return Ok(());
         };
         let session = self.write_session.as_deref();
-        let lost: BTreeSet<u64> = marks
+        let (same, other): (Vec<&Mark>, Vec<&Mark>) = marks
             .iter()
-            .filter(|m| Some(m.session.as_str()) != session)
-            .map(|m| m.pack)
-            .collect();
+            .partition(|m| Some(m.session.as_str()) == session);
+        // Same session: the page cache still has what the disk lacks; an fsync that fails
+        // says the disk refused some of it, which is then checked like a crash's leftovers.
+        let failed = self
+            .packs
+            .sync_existing(&same.iter().map(|m| m.pack).collect())?;
+        let lost: BTreeSet<u64> = other.iter().map(|m| m.pack).chain(failed).collect();
         if !lost.is_empty() {
             tracing::warn!(
                 packs = lost.len(),
-                "an import committed just before the machine or its disk went away: \
-                 checking the chunks it wrote"
+                "an import committed bytes that may not have reached the disk (a crash, a \
+                 lost disk, a failed write): checking the chunks it wrote"
             );
             let bad = self.chunks_not_on_disk(&lost)?;
             // A whole copy's bytes of chunks stored elsewhere are read by passthrough only:
@@ -219,8 +233,7 @@ impl Store {
                 self.refresh_models()?;
             }
         }
-        let packs: BTreeSet<u64> = marks.iter().map(|m| m.pack).collect();
-        self.packs.sync_existing(&packs)?;
+        self.packs.sync_existing(&lost)?;
         self.catalog.write(|tx| tx.clear_unsynced_marks(last))
     }
 
@@ -233,7 +246,12 @@ impl Store {
         };
         // Every marked pack was unsynced when its mark was committed, and only a sync takes
         // a pack off that list: this covers them all.
-        self.packs.sync()?;
+        if let Err(e) = self.packs.sync() {
+            // The disk refused some bytes, and a later fsync may not say so again: the next
+            // open checks these packs as after a crash.
+            self.catalog.write(|tx| tx.refuse_unsynced_marks(last))?;
+            return Err(e);
+        }
         self.catalog.write(|tx| tx.clear_unsynced_marks(last))?;
         Ok(marks.len())
     }

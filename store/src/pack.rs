@@ -422,22 +422,30 @@ impl Packs {
     }
 
     /// Makes the files of `packs` that exist durable, with their names (the marks a previous
-    /// process left, see deferred_sync.rs).
-    pub fn sync_existing(&self, packs: &std::collections::BTreeSet<u64>) -> Result<()> {
+    /// process left, see deferred_sync.rs); returns the packs whose fsync failed (the disk
+    /// refused their bytes: what reached it must be checked).
+    pub fn sync_existing(&self, packs: &std::collections::BTreeSet<u64>) -> Result<Vec<u64>> {
+        let mut failed = Vec::new();
         for &id in packs {
             let path = self.path(id);
-            match File::open(&path) {
-                Ok(file) => file
-                    .sync_data()
-                    .ctx(|| format!("syncing {}", path.display()))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
-            }
-            if self.is_raw(id) {
-                self.sync_raw_index(id)?;
+            let synced = match File::open(&path) {
+                Ok(file) => file.sync_data().and_then(|()| {
+                    if self.is_raw(id) {
+                        File::open(self.dir.join(raw_index_file_name(id)))?.sync_all()
+                    } else {
+                        Ok(())
+                    }
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                tracing::warn!(pack = id, error = %e, "syncing a pack an import wrote");
+                failed.push(id);
             }
         }
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        Ok(failed)
     }
 
     /// Closes the active pack so the next append starts a new one (gc uses this).
