@@ -317,3 +317,42 @@ def test_a_writer_right_after_the_readers_closed_is_not_refused(mounted):
         assert e.value.errno == errno.ETXTBSY
     assert read_file(path) == data
     assert reads(m)[0] == requests, "the readers were passed through, not served"
+
+
+def _safetensors(payload: bytes) -> bytes:
+    """A one-tensor safetensors file; two of the same size have the same header, as the
+    shards of two fine-tunes of one architecture do."""
+    header = json.dumps({"__metadata__": {"format": "pt"},
+                         "w": {"dtype": "U8", "shape": [len(payload)],
+                               "data_offsets": [0, len(payload)]}}).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + payload
+
+
+def test_a_fine_tune_sharing_only_its_header_is_read_by_passthrough_too(mounted):
+    """Two models of one architecture share each shard's header chunk. The second one copied
+    into the mount is still kept whole in a raw pack of its own (its header stored twice, a
+    few bytes) and read by the kernel from it, not through the daemon; the header is stored
+    once as far as dedup goes, and verify checks the copy."""
+    m = mounted
+    first, second = _safetensors(random.randbytes(BIG)), _safetensors(random.randbytes(BIG))
+    header_len = len(first) - BIG
+    assert first[:header_len] == second[:header_len]
+    write_file(m / "first.safetensors", first)
+    m.cli("status")
+    write_file(m / "second.safetensors", second)
+    m.cli("status")
+    packs = raw_packs(m)
+    assert len(packs) == 2, packs
+    assert sorted(read_file(m.store / "packs" / p) for p in packs) == sorted([first, second])
+    assert status(m)["physical_bytes"] <= 2 * BIG + header_len + 64, "header stored once"
+    time.sleep(COOL_DOWN)
+    drop_caches()
+
+    requests, _ = reads(m)
+    assert read_file(m / "second.safetensors") == second
+    assert read_file(m / "first.safetensors") == first
+    requests_after, _ = reads(m)
+    assert requests_after == requests, "both read by the kernel from their packs"
+    m.stop()
+    assert m.verify().returncode == 0
