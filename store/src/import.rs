@@ -1100,9 +1100,9 @@ pub struct ImportOptions {
     #[serde(skip)]
     pub leave_replaced_inodes: bool,
     /// Return only once the imported bytes are on disk. Off by default: the import commits
-    /// as soon as its packs are written, as `cp` returns, and they reach the disk within
-    /// seconds (deferred_sync.rs: a crash before that drops those files, never shows them
-    /// wrong). For scripts that delete the sources next.
+    /// as soon as its packs are written, as `cp` returns, and the kernel writes them back in
+    /// the next half minute (deferred_sync.rs: a crash before that drops those files, never
+    /// shows them wrong). For scripts that delete the sources next.
     #[serde(default)]
     pub sync: bool,
 }

@@ -23,9 +23,9 @@ pub struct ImportArgs {
     #[arg(long)]
     pub verify_sources: bool,
     /// Return only once the imported bytes are on disk (as `cp` followed by `sync`), e.g.
-    /// before deleting the sources. By default the import returns once it is committed and
-    /// its bytes reach the disk within seconds; a crash before that drops those files (they
-    /// are checked at the next start), never shows them with wrong bytes.
+    /// before deleting the sources. By default the import returns once it is committed, and
+    /// its bytes reach the disk in the next half minute; a crash before that drops those files
+    /// (they are checked at the next start), never shows them with wrong bytes.
     #[arg(long)]
     pub sync: bool,
 }
