@@ -325,22 +325,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::testgen::noise;
     use crate::import::ImportOptions;
     use crate::StoreOptions;
     use std::path::{Path, PathBuf};
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
     const SNAPSHOT: &str = "huggingface/hub/models--org--name/snapshots";
-
-    /// Bytes that do not repeat, so each file is its own raw pack.
-    fn noise(seed: u8, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0u8; len];
-        blake3::Hasher::new()
-            .update(&[seed])
-            .finalize_xof()
-            .fill(&mut bytes);
-        bytes
-    }
 
     /// A hub cache with one repo of two 3 MiB blobs; returns their file names and bytes.
     fn make_hub(root: &Path) -> Vec<(&'static str, Vec<u8>)> {

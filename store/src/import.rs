@@ -2157,7 +2157,7 @@ pub fn percent(part: u64, whole: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::testgen::{make_gguf, make_safetensors};
+    use crate::formats::testgen::{make_gguf, make_safetensors, noise};
     use crate::StoreOptions;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
@@ -2171,16 +2171,6 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
             .collect()
-    }
-
-    /// Bytes that do not repeat (so every chunk of them is distinct).
-    fn noise(seed: u8, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0u8; len];
-        blake3::Hasher::new()
-            .update(&[seed])
-            .finalize_xof()
-            .fill(&mut bytes);
-        bytes
     }
 
     fn weights(seed: u8) -> Vec<u8> {
