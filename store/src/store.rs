@@ -740,6 +740,17 @@ mod tests {
         }
     }
 
+    /// Writes `data` to `dir/name`, prepares it mapped (as an import does) and commits it:
+    /// the content id and what preparing it stored.
+    fn commit_mapped(store: &Store, dir: &Path, data: &[u8], name: &str) -> (i64, u64) {
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        let mapped = crate::ingest::MappedFile::open(&path).unwrap();
+        let prepared = store.prepare(&mapped).unwrap();
+        let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
+        (id, prepared.new_bytes)
+    }
+
     #[test]
     fn a_file_whose_chunks_are_all_new_is_adopted_as_its_raw_pack() {
         use std::os::unix::fs::MetadataExt;
@@ -832,19 +843,14 @@ mod tests {
 
     #[test]
     fn a_mapped_big_file_is_copied_aside_and_adopted_unless_the_store_has_some_of_it() {
-        use crate::ingest::MappedFile;
         use std::os::unix::fs::MetadataExt;
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
         let import = |data: &[u8], name: &str| {
-            let path = tmp.path().join(name);
-            std::fs::write(&path, data).unwrap();
-            let mapped = MappedFile::open(&path).unwrap();
-            let prepared = store.prepare(&mapped).unwrap();
-            let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
+            let (id, new_bytes) = commit_mapped(&store, tmp.path(), data, name);
             let leftovers = std::fs::read_dir(store.staging_dir()).map_or(0, |d| d.count());
             assert_eq!(leftovers, 0, "the copy's staging name is gone");
-            (id, path, prepared.new_bytes)
+            (id, tmp.path().join(name), new_bytes)
         };
         let read_back = |id: i64, len: usize| {
             let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
@@ -895,16 +901,9 @@ mod tests {
     #[test]
     fn a_big_file_sharing_only_its_header_is_kept_whole_for_passthrough() {
         use crate::formats::testgen::make_safetensors;
-        use crate::ingest::MappedFile;
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
-        let import = |data: &[u8], name: &str| {
-            let path = tmp.path().join(name);
-            std::fs::write(&path, data).unwrap();
-            let prepared = store.prepare(&MappedFile::open(&path).unwrap()).unwrap();
-            let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
-            (id, prepared.new_bytes)
-        };
+        let import = |data: &[u8], name: &str| commit_mapped(&store, tmp.path(), data, name);
         let whole_copy = |id: i64, len: usize| {
             let (pack, mut file) = store.passthrough_pack(id, len as u64).unwrap()?;
             let mut on_disk = Vec::new();
