@@ -319,3 +319,15 @@ def test_status_right_after_close_counts_the_file(mounted):
     assert after["logical_bytes"] - before["logical_bytes"] == len(data)
     assert after["physical_bytes"] - before["physical_bytes"] >= len(data)
     assert (after["commit_queue_files"], after["commit_queue_bytes"]) == (0, 0)
+
+
+def test_status_right_after_each_of_several_closes_counts_each(mounted):
+    """A status asked within moments of the previous one still waits for a file closed in
+    between (status answers are shared for a few milliseconds between watchers)."""
+    m = mounted
+    datas = [os.urandom(24 * MiB) for _ in range(3)]
+    before = json.loads(m.cli("status", "--json").stdout)
+    for n, data in enumerate(datas, 1):
+        write_file(m.path / "huggingface" / "hub" / f"each-{n}.bin", data)
+        after = json.loads(m.cli("status", "--json").stdout)
+        assert after["files"] - before["files"] == n, (n, after["files"], before["files"])

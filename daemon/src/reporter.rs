@@ -381,11 +381,12 @@ impl Reporter {
         r
     }
 
-    /// The report as one line of JSON, reused for [`REUSE`] so many watchers cost one build.
+    /// The report as one line of JSON, reused for [`REUSE`] so many watchers cost one build,
+    /// unless a file was closed since (its commit must count, see [`Reporter::status`]).
     pub fn status_json(&self) -> Arc<String> {
         let mut last = self.last_json.lock();
         if let Some((at, json)) = last.as_ref() {
-            if at.elapsed() < REUSE {
+            if at.elapsed() < REUSE && self.vfs.commits_settled() {
                 return json.clone();
             }
         }

@@ -261,6 +261,43 @@ impl Staged {
     }
 }
 
+/// How long a settle waits for the releases closes promised (see [`AwaitingRelease`]). The
+/// kernel sends a release right after close(2) returns; a file whose descriptor was
+/// duplicated stays open after that close, and is not waited for longer than this.
+const CLOSE_RELEASE_WAIT: Duration = Duration::from_millis(250);
+
+/// Files whose close (flush) wrote a commit record, until their release queues the commit:
+/// without it, `mlxfs status` right after a `cp` could run before the kernel's release of
+/// the file reached the daemon, find the queue empty and miss the file.
+#[derive(Default)]
+pub(crate) struct AwaitingRelease {
+    inos: Mutex<HashSet<u64>>,
+    released: Condvar,
+}
+
+impl AwaitingRelease {
+    fn add(&self, ino: u64) {
+        self.inos.lock().insert(ino);
+    }
+
+    fn remove(&self, ino: u64) {
+        if self.inos.lock().remove(&ino) {
+            self.released.notify_all();
+        }
+    }
+
+    /// Waits, at most `limit`, until no release is awaited.
+    fn wait(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut inos = self.inos.lock();
+        while !inos.is_empty() {
+            if self.released.wait_until(&mut inos, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+}
+
 impl Vfs {
     /// The open state of an inode, with one more handle counted on it.
     fn hold_file(&self, ino: u64) -> Arc<OpenFile> {
@@ -968,6 +1005,7 @@ impl Vfs {
         // returns before the kernel sends the release, and the daemon may die in between.
         let committed =
             if self.may_queue(&file, &state) && self.write_record(&file, &mut state).is_some() {
+                self.awaiting_release.add(file.ino);
                 Ok(())
             } else {
                 self.commit_last_handle(&file, &mut state)
@@ -1063,13 +1101,23 @@ impl Vfs {
     /// Waits until every closed file is committed, so the catalog shows them (status, model
     /// lists, import and gc run after this).
     pub fn settle(&self) {
+        self.awaiting_release.wait(CLOSE_RELEASE_WAIT);
         self.committer.settle(None);
     }
 
     /// [`Vfs::settle`] for at most `limit` (a status report must not wait on a long queue);
     /// returns whether the queue is empty.
     pub fn settle_within(&self, limit: std::time::Duration) -> bool {
-        self.committer.settle(Some(limit))
+        let started = std::time::Instant::now();
+        self.awaiting_release.wait(CLOSE_RELEASE_WAIT.min(limit));
+        self.committer
+            .settle(Some(limit.saturating_sub(started.elapsed())))
+    }
+
+    /// Whether no close is waiting for its release or its queued commit: nothing closed has
+    /// yet to show in the store.
+    pub fn commits_settled(&self) -> bool {
+        self.awaiting_release.inos.lock().is_empty() && self.committer.backlog().0 == 0
     }
 
     /// Files queued or being committed, and their bytes.
@@ -1164,6 +1212,13 @@ impl Vfs {
             return Ok(());
         }
         let file = self.handle_file(fh)?;
+        let released = self.release_file(fh, &file);
+        // After the commit is queued (or done), so a settle sees one or the other.
+        self.awaiting_release.remove(file.ino);
+        released
+    }
+
+    fn release_file(&self, fh: u64, file: &Arc<OpenFile>) -> FsResult<()> {
         self.handles.lock().remove(&fh);
         self.read_ends.lock().remove(&fh);
         let last_passthrough = file.io.lock().release(fh);
@@ -1175,18 +1230,18 @@ impl Vfs {
         if state.queued {
             // The queued commit takes this handle's writes too; the queue holds the file.
             drop(state);
-            self.unhold_file(&file);
+            self.unhold_file(file);
             return Ok(());
         }
-        if self.queue_commit(&file, &mut state) {
+        if self.queue_commit(file, &mut state) {
             return Ok(());
         }
-        let committed = self.commit_last_handle(&file, &mut state);
+        let committed = self.commit_last_handle(file, &mut state);
         if file.handles.load(Ordering::SeqCst) == 1 {
             self.drop_staging(&mut state);
         }
         drop(state);
-        if !self.unhold_file(&file) {
+        if !self.unhold_file(file) {
             return committed;
         }
         self.delete_if_unlinked_and_closed(file.ino)?;

@@ -90,6 +90,9 @@ pub struct Vfs {
     pub(crate) views: Views,
     /// Closed files waiting for their commit.
     pub(crate) committer: crate::committer::Committer,
+    /// Files whose close (flush) promised a queued commit, until their release queues it:
+    /// close(2) returns before the kernel sends the release (see [`Vfs::settle`]).
+    pub(crate) awaiting_release: crate::files::AwaitingRelease,
     /// Counts commits of staged files (see [`Vfs::overlay`]).
     pub(crate) commits: AtomicU64,
     /// Synthesized inodes a tool wrote over, and where (directory, name) the real file that
@@ -150,6 +153,7 @@ impl Vfs {
             listener: Mutex::new(None),
             views: Views::new(store_for_views),
             committer: Default::default(),
+            awaiting_release: Default::default(),
             commits: AtomicU64::new(0),
             materialized: Mutex::new(HashMap::new()),
             kernel_refs: Default::default(),
