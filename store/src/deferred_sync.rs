@@ -306,6 +306,9 @@ impl Store {
                     ))
                 }
             };
+            if let Some(file) = &file {
+                forget_cached_pages(file);
+            }
             let mut buf = Vec::new();
             for (id, hash, offset, len) in chunks {
                 let intact = file.as_ref().is_some_and(|file| {
@@ -320,6 +323,21 @@ impl Store {
         }
         Ok(bad)
     }
+}
+
+/// Drops a pack's clean cached pages, so it is checked as the disk holds it: after a failed
+/// writeback the page cache may still have the bytes the disk refused.
+fn forget_cached_pages(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a hint on a descriptor we own.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 #[cfg(test)]
