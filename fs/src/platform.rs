@@ -113,20 +113,6 @@ pub fn tune_allocator() {
 
 /// This boot of the machine, to tell page-cache contents that survived a daemon's death from
 /// those a reboot may have lost (see `committer`). `None` where the kernel does not say.
-/// Read once: it cannot change while the process runs, and every close asks.
-#[cfg(target_os = "linux")]
 pub fn boot_id() -> Option<String> {
-    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    BOOT_ID
-        .get_or_init(|| {
-            let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-            let id = id.trim();
-            (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_string())
-        })
-        .clone()
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn boot_id() -> Option<String> {
-    None
+    store::deferred_sync::boot_id()
 }

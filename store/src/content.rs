@@ -165,14 +165,21 @@ impl Tx<'_> {
                 .execute(params![content, pack as i64])?;
             // The whole file is committed, shared chunks included: recovery must not cut the
             // pack back to its last new chunk.
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO packs (id, size) VALUES (?1, ?2)
-                     ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
-                )?
-                .execute(params![pack as i64, prepared.size as i64])?;
+            self.commit_pack_size(pack, prepared.size)?;
         }
         Ok(content)
+    }
+
+    /// Records that pack `pack` holds committed bytes up to `size` (recovery cuts what lies
+    /// past the committed size of a pack).
+    pub(crate) fn commit_pack_size(&self, pack: u64, size: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO packs (id, size) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
+            )?
+            .execute(params![pack as i64, size as i64])?;
+        Ok(())
     }
 
     fn reference_chunk(&self, chunk: &PreparedChunk) -> Result<i64> {
@@ -205,15 +212,7 @@ impl Tx<'_> {
                 // Read the id now: the packs upsert below changes last_insert_rowid whenever it
                 // inserts a new pack row.
                 let id = self.conn.last_insert_rowid();
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO packs (id, size) VALUES (?1, ?2)
-                         ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
-                    )?
-                    .execute(params![
-                        loc.pack as i64,
-                        (loc.offset + loc.len as u64) as i64
-                    ])?;
+                self.commit_pack_size(loc.pack, loc.offset + loc.len as u64)?;
                 id
             }
         };

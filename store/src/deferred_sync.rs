@@ -32,16 +32,32 @@ pub enum Durability {
     AfterCommit,
 }
 
+/// This boot of the machine, to tell page-cache contents that survived a process's death from
+/// those a reboot may have lost (here and in the mount's commit queue). `None` where the kernel
+/// does not say. Read once: it cannot change while the process runs.
+#[cfg(target_os = "linux")]
+pub fn boot_id() -> Option<String> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let id = id.trim();
+            (!id.is_empty() && !id.contains(char::is_whitespace)).then(|| id.to_string())
+        })
+        .clone()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn boot_id() -> Option<String> {
+    None
+}
+
 /// This boot of the machine and this mount of the file system holding `dir`; `None` where the
 /// kernel does not tell (then nothing is deferred).
 #[cfg(target_os = "linux")]
 pub(crate) fn write_session(dir: &std::path::Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let boot = boot.trim();
-    if boot.is_empty() || boot.contains(char::is_whitespace) {
-        return None;
-    }
+    let boot = boot_id()?;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statx fills the zeroed buffer we own; the path is a valid C string.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };

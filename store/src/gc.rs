@@ -197,15 +197,7 @@ impl Store {
                 tx.conn()
                     .prepare_cached("UPDATE chunks SET pack = ?2, offset = ?3 WHERE id = ?1")?
                     .execute(params![id, loc.pack as i64, loc.offset as i64])?;
-                tx.conn()
-                    .prepare_cached(
-                        "INSERT INTO packs (id, size) VALUES (?1, ?2)
-                         ON CONFLICT(id) DO UPDATE SET size = MAX(size, excluded.size)",
-                    )?
-                    .execute(params![
-                        loc.pack as i64,
-                        (loc.offset + loc.len as u64) as i64
-                    ])?;
+                tx.commit_pack_size(loc.pack, loc.offset + loc.len as u64)?;
             }
             tx.conn()
                 .execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
