@@ -1167,7 +1167,7 @@ impl Importer<'_> {
         }
         let applying = &mut *self.applying;
         let outcomes = self.store.catalog().write(|tx| {
-            if let Some(session) = deferred_in.filter(|_| !unsynced.is_empty()) {
+            if let Some(session) = deferred_in {
                 tx.mark_unsynced(&unsynced, session)?;
             }
             ops.iter()

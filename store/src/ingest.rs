@@ -179,6 +179,37 @@ fn may_keep_whole(shared_bytes: u64, size: u64) -> bool {
     shared_bytes <= size / 64
 }
 
+/// The bytes of a file, chunk by chunk, that the store has already or that repeat within it:
+/// what [`may_keep_whole`] weighs.
+struct SharedTally {
+    seen: HashSet<ChunkHash>,
+    bytes: u64,
+    size: u64,
+}
+
+impl SharedTally {
+    fn new(size: u64, chunks: usize) -> SharedTally {
+        SharedTally {
+            seen: HashSet::with_capacity(chunks),
+            bytes: 0,
+            size,
+        }
+    }
+
+    /// Whether the chunk is shared, counting its bytes if so.
+    fn count(&mut self, store: &Store, hash: &ChunkHash, len: u32) -> Result<bool> {
+        let shared = !self.seen.insert(*hash) || store.known_chunk(hash)?.is_some();
+        if shared {
+            self.bytes += len as u64;
+        }
+        Ok(shared)
+    }
+
+    fn keeps_whole(&self) -> bool {
+        may_keep_whole(self.bytes, self.size)
+    }
+}
+
 /// Where the new chunks of one file go: a raw pack of its own for a big file (made at its
 /// first new chunk), else the shared packs.
 struct NewChunks<'s> {
@@ -304,7 +335,7 @@ fn clone_into(_staging: &Path, _source: &File) -> Option<std::path::PathBuf> {
 struct CopyAside {
     file: File,
     path: std::path::PathBuf,
-    direct: bool,
+    durability: Durability,
 }
 
 impl CopyAside {
@@ -327,12 +358,16 @@ impl CopyAside {
             .open(&path)
             .map_err(|e| tracing::debug!(error = %e, direct, "no copy aside"))
             .ok()?;
-        Some(CopyAside { file, path, direct })
+        Some(CopyAside {
+            file,
+            path,
+            durability,
+        })
     }
 
     /// Copies `data` (page-aligned) into the file; Ok(false) when `stop` was set first.
     fn write(&self, data: &[u8], stop: &std::sync::atomic::AtomicBool) -> std::io::Result<bool> {
-        let aligned = if self.direct {
+        let aligned = if self.durability == Durability::BeforeCommit {
             data.len() - data.len() % DIRECT_ALIGN
         } else {
             data.len()
@@ -428,16 +463,13 @@ impl Store {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (spans, copied) = std::thread::scope(|scope| {
             let writer = scope.spawn(|| copy.write(data, &stop));
-            let mut seen = HashSet::new();
-            let mut shared = 0u64;
+            let mut tally = SharedTally::new(data.len() as u64, 0);
             let spans = self.hash_spans(data, |hash, len| {
                 if !stop.load(Ordering::Relaxed)
-                    && (!seen.insert(*hash) || self.known_chunk(hash)?.is_some())
+                    && tally.count(self, hash, len)?
+                    && !tally.keeps_whole()
                 {
-                    shared += len as u64;
-                    if !may_keep_whole(shared, data.len() as u64) {
-                        stop.store(true, Ordering::Relaxed);
-                    }
+                    stop.store(true, Ordering::Relaxed);
                 }
                 Ok(())
             });
@@ -450,12 +482,11 @@ impl Store {
             (spans, copied)
         });
         // Closed first: an unlinked file still open keeps its room (on tmpfs, its pages).
-        let CopyAside { file, path, direct } = copy;
-        let durability = if direct {
-            Durability::BeforeCommit
-        } else {
-            Durability::AfterCommit
-        };
+        let CopyAside {
+            file,
+            path,
+            durability,
+        } = copy;
         drop(file);
         let adopt = match copied {
             Ok(complete) => complete,
@@ -592,18 +623,15 @@ impl Store {
         if let Some(path) = path {
             // Chunks stored already, or met earlier in this file: their bytes in the pack are
             // a copy only passthrough reads; the catalog keeps their first location.
-            let mut seen = HashSet::with_capacity(spans.len());
+            let mut tally = SharedTally::new(data.len() as u64, spans.len());
             let mut shared = Vec::with_capacity(spans.len());
-            let mut shared_bytes = 0u64;
             for (_, hash, _, len) in &spans {
-                let is_shared = !seen.insert(*hash) || self.known_chunk(hash)?.is_some();
-                shared_bytes += if is_shared { *len as u64 } else { 0 };
-                shared.push(is_shared);
-                if !may_keep_whole(shared_bytes, data.len() as u64) {
+                shared.push(tally.count(self, hash, *len)?);
+                if !tally.keeps_whole() {
                     break;
                 }
             }
-            if may_keep_whole(shared_bytes, data.len() as u64) {
+            if tally.keeps_whole() {
                 let entries: Vec<(ChunkHash, u32)> = spans.iter().map(|s| (s.1, s.3)).collect();
                 let pack = self.packs.adopt_raw(path, &entries)?;
                 let mut pending = self.pending.lock();
