@@ -358,6 +358,55 @@ def test_import_skips_hf_blob_with_wrong_sha256(tmp_path, make_store):
     assert_reads_back(m2, honest)
 
 
+def test_a_blob_truncated_while_it_is_imported_is_skipped_not_a_crash(tmp_path, make_store):
+    """Another process truncates a blob while `mlxfs import` has it mapped: before, the next
+    read of a vanished page was a SIGBUS that killed the import; now that file is skipped (or,
+    if the truncation came after it was read whole, imported with its bytes of then)."""
+    import subprocess
+    import time
+
+    rng = np.random.default_rng(21)
+    hub = tmp_path / "src" / "hub"
+    good_repo(hub, rng)
+    big = rng.bytes(600 << 20)
+    C.write_hf_repo(hub, "big/trunc", {"config.json": b'{"big": true}\n',
+                                       "model.safetensors": big}, C.fake_commit("trunc", 0))
+    etag = C.sha256_hex(big)
+    blob = hub / "models--big--trunc" / "blobs" / etag
+    honest = [(ns, src) for ns, src in tree_entries(hub, C.NS_HF)
+              if not (src.is_symlink() and src.resolve().name == etag) and src != blob]
+    m = make_store()
+    proc = subprocess.Popen([str(m.binary), "--store", str(m.store), "import", "--json",
+                             str(hub)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=m.env)
+    deadline = time.monotonic() + 60
+    mapped = False
+    while time.monotonic() < deadline and proc.poll() is None and not mapped:
+        try:
+            mapped = str(blob) in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:
+            break
+        if not mapped:
+            time.sleep(0.002)
+    with open(blob, "r+b") as f:
+        f.truncate(1 << 20)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 3), (
+        f"import exited {proc.returncode} (mapped when truncated: {mapped})\n"
+        f"{err.decode(errors='replace')[-3000:]}")
+    report = json.loads(out)
+    assert_reads_back(m, honest)
+    blob_ns = f"{C.NS_HF}/models--big--trunc/blobs/{etag}"
+    skipped = [s for s in report["skipped"] if etag in s["path"]]
+    if skipped:
+        assert skipped[0]["reason"], report
+        assert m.run("cat", blob_ns, expect=None).returncode != 0
+    else:
+        got = m.run("cat", blob_ns).stdout
+        assert hashlib.sha256(got).hexdigest() == etag, "imported, but not its bytes of then"
+    m.run("verify")
+
+
 def test_import_skips_ollama_blob_with_wrong_digest(tmp_path, make_store):
     rng = np.random.default_rng(8)
     models = tmp_path / "src" / "models"

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use store::ingest::MappedFile;
+use store::mapped::MappedFile;
 use store::namespace::now_ns;
 use store::{ContentMap, Inode, NodeKind};
 
@@ -943,12 +943,17 @@ impl Vfs {
     ) -> Result<(u64, Option<i64>), store::StoreError> {
         let adopt_from =
             adopt_from.filter(|_| data.maps_the_file() && data.len() as u64 == to.size);
-        let data = &data[..(to.size as usize).min(data.len())];
+        let bytes = &data[..(to.size as usize).min(data.len())];
         let _guard = self.store.ingest_guard();
         let prepared = match adopt_from {
-            Some(path) => self.store.prepare_adopting(data, path)?,
-            None => self.store.prepare(data)?,
+            Some(path) => self.store.prepare_adopting(bytes, path)?,
+            None => self.store.prepare(bytes)?,
         };
+        // A staging page the disk could not read was hashed as zeros: not the file's bytes.
+        if let Err(e) = data.check_intact() {
+            self.store.forget_prepared(&prepared);
+            return Err(e);
+        }
         let attached = self.store.commit(&prepared, |tx, content| {
             let Some(mut inode) = tx.inode(to.ino)? else {
                 return Ok(to.base);

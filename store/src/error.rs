@@ -29,6 +29,10 @@ pub enum StoreError {
     NoSpace,
     #[error("not found: {0}")]
     NotFound(String),
+    /// A file being read (imported, or committed from staging) changed or failed under the
+    /// reader; nothing read from it is kept.
+    #[error("{}: {what}; nothing of it was kept", path.display())]
+    SourceChanged { path: PathBuf, what: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

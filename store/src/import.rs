@@ -22,7 +22,8 @@ use crate::config::ChunkerConfig;
 use crate::content::PreparedContent;
 use crate::deferred_sync::Durability;
 use crate::error::{Result as StoreResult, StoreError};
-use crate::ingest::{sha256_with_progress, MappedFile};
+use crate::ingest::sha256_with_progress;
+use crate::mapped::MappedFile;
 use crate::models::{is_sha256_hex, parse_ollama_manifest, HF_ROOT, OLLAMA_ROOT};
 use crate::namespace::{now_ns, Inode, NewInode, NodeKind};
 use crate::prepare_pool::{PreparePool, Preparing};
@@ -1208,7 +1209,7 @@ impl Importer<'_> {
         let Queued::Preparing(file, _) = self.queue.remove(at) else {
             unreachable!("found above")
         };
-        if let Some(op) = self.finish_file(file, prepared?) {
+        if let Some(op) = self.finish_file(file, prepared)? {
             self.queue.insert(at, Queued::Ready(op));
         }
         Ok(true)
@@ -1494,17 +1495,22 @@ impl Importer<'_> {
             &data,
             &std::sync::atomic::AtomicU64::new(0),
             self.durability,
-        )?;
+        );
         drop(data);
-        match self.finish_file(file, prepared) {
+        match self.finish_file(file, prepared)? {
             Some(op) => self.push(op),
             None => Ok(()),
         }
     }
 
     /// The op that records a file whose content is prepared, or `None` when the content is
-    /// not what the file's name claims (reported as skipped).
-    fn finish_file(&mut self, file: PendingFile, prepared: PreparedContent) -> Option<Op> {
+    /// not what the file's name claims, or the file changed while it was read (reported as
+    /// skipped).
+    fn finish_file(
+        &mut self,
+        file: PendingFile,
+        prepared: StoreResult<PreparedContent>,
+    ) -> StoreResult<Option<Op>> {
         match file.progress {
             FileProgress::AtTheEnd => (self.progress)(file.meta.size),
             FileProgress::FromThePool => {
@@ -1512,6 +1518,17 @@ impl Importer<'_> {
             }
             FileProgress::Reported => {}
         }
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(StoreError::SourceChanged { what, .. }) => {
+                self.report.skipped.push(Skipped {
+                    path: file.path,
+                    reason: format!("{what}; import it again"),
+                });
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(want) = file.claimed {
             if prepared.sha256 != want {
                 // Its chunks stay unreferenced in the pack until gc (or recovery) drops them.
@@ -1519,20 +1536,20 @@ impl Importer<'_> {
                     path: file.path,
                     reason: sha_mismatch(&prepared.sha256, &want),
                 });
-                return None;
+                return Ok(None);
             }
         }
         self.add_warnings(&file.path, file.warnings);
         self.report.bytes += file.meta.size;
         self.report.new_bytes += prepared.new_bytes;
-        Some(Op::File {
+        Ok(Some(Op::File {
             parent: file.parent,
             name: file.name,
             meta: file.meta,
             content: Content::Prepared(prepared),
             path: file.path,
             link_key: file.link_key,
-        })
+        }))
     }
 
     fn add_warnings(&mut self, path: &str, messages: Vec<String>) {
@@ -1820,6 +1837,13 @@ impl Visit for Scanner<'_> {
             (chunks, sha)
         });
         (self.progress)(meta.size);
+        if let Err(StoreError::SourceChanged { what, .. }) = data.check_unchanged() {
+            self.skipped.push(Skipped {
+                path: shown,
+                reason: format!("{what}; scan it again"),
+            });
+            return Ok(());
+        }
         let mut warnings = Vec::new();
         if let Err(reason) = check_claim(claim, &data, sha, &mut |m| warnings.push(m)) {
             self.skipped.push(Skipped {

@@ -8,14 +8,14 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
 use crate::blocks::hash_chunk;
 use crate::chunker::{chunk_spans, for_each_chunk_span};
 use crate::content::{chunk_list_hash, PreparedChunk, PreparedContent};
 use crate::deferred_sync::Durability;
-use crate::error::{IoContext, Result, StoreError};
+use crate::error::Result;
+use crate::mapped::MappedFile;
 use crate::pack::ChunkLocation;
 use crate::pack::RawPackWriter;
 use crate::store::Store;
@@ -37,125 +37,6 @@ pub(crate) fn sha256_with_progress(data: &[u8], progress: &dyn Fn(u64)) -> [u8; 
         progress(piece.len() as u64);
     }
     sha.finalize().into()
-}
-
-/// A read-only view of a file's bytes: a memory map of the file, a copy of a sparse file's
-/// data in anonymous memory (see [`MappedFile::from_file`]), or nothing for an empty file
-/// (which cannot be mapped).
-pub struct MappedFile {
-    map: Option<Mmap>,
-    /// Whether `map` maps the file itself (else it is a copy).
-    maps_the_file: bool,
-    /// The file mapped (a descriptor of its own), when `map` maps it: an import may clone it.
-    source: Option<File>,
-}
-
-impl MappedFile {
-    pub fn open(path: &Path) -> Result<MappedFile> {
-        let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-        Self::from_file(&file, path)
-    }
-
-    pub fn from_file(file: &File, path: &Path) -> Result<MappedFile> {
-        let len = file
-            .metadata()
-            .ctx(|| format!("stat {}", path.display()))?
-            .len();
-        if len == 0 {
-            return Ok(MappedFile {
-                map: None,
-                maps_the_file: false,
-                source: None,
-            });
-        }
-        if first_hole(file, len).is_some_and(|hole| hole < len) {
-            return Self::copy_sparse(file, path, len);
-        }
-        // SAFETY: the file is only read; a concurrent truncation by another process could fault,
-        // which is why callers map files they own (staging) or that the user hands to import.
-        let map = unsafe { Mmap::map(file) }.ctx(|| format!("mapping {}", path.display()))?;
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(MappedFile {
-            map: Some(map),
-            maps_the_file: true,
-            source: file.try_clone().ok(),
-        })
-    }
-
-    /// A sparse file's bytes in anonymous memory: its data read in, its holes left as pages
-    /// never touched (zeros that take no memory). Reading a hole through a map of the file
-    /// itself makes tmpfs allocate a page, and on a full tmpfs that is a SIGBUS that kills the
-    /// process; `read` of a hole allocates nothing. Tools make sparse files on purpose (an
-    /// Ollama pull sets a blob's full size before writing its parts), and a failed write on a
-    /// full disk leaves one.
-    fn copy_sparse(file: &File, path: &Path, len: u64) -> Result<MappedFile> {
-        let ctx = || format!("reading sparse file {}", path.display());
-        let size = usize::try_from(len).map_err(|_| {
-            StoreError::io(
-                ctx(),
-                std::io::Error::other("larger than the address space"),
-            )
-        })?;
-        let mut copy = memmap2::MmapOptions::new().len(size).map_anon().ctx(ctx)?;
-        let mut at = 0u64;
-        while let Some((start, end)) = next_data(file, at, len).ctx(ctx)? {
-            file.read_exact_at(&mut copy[start as usize..end as usize], start)
-                .ctx(ctx)?;
-            at = end;
-        }
-        Ok(MappedFile {
-            map: Some(copy.make_read_only().ctx(ctx)?),
-            maps_the_file: false,
-            source: None,
-        })
-    }
-
-    /// Whether these bytes are a map of the file itself (so the file could become a pack).
-    pub fn maps_the_file(&self) -> bool {
-        self.maps_the_file
-    }
-}
-
-/// Where the first hole of a file starts (`len` if none), where the system can tell.
-fn first_hole(file: &File, len: u64) -> Option<u64> {
-    seek(file, 0, libc::SEEK_HOLE)
-        .ok()
-        .map(|hole| hole.min(len))
-}
-
-/// The next extent of data at or after `from` in a file of `len` bytes, as (start, end).
-fn next_data(file: &File, from: u64, len: u64) -> std::io::Result<Option<(u64, u64)>> {
-    if from >= len {
-        return Ok(None);
-    }
-    let start = match seek(file, from, libc::SEEK_DATA) {
-        Ok(start) => start,
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let end = seek(file, start, libc::SEEK_HOLE)?.min(len);
-    Ok((start < end).then_some((start, end)))
-}
-
-/// lseek on a shared file description: callers here own the offset's only use (they read
-/// with pread), so moving it is harmless.
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
-    // SAFETY: lseek on a descriptor we borrow; no memory is touched.
-    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-    if at < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(at as u64)
-}
-
-impl std::ops::Deref for MappedFile {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
 }
 
 /// One chunk cut and hashed: its offset in the file, id, block CVs and length.
@@ -405,7 +286,24 @@ impl Store {
     /// and when its chunks are all new it becomes the raw pack: the import then writes no data
     /// at all, and the pack holds exactly the bytes its chunk ids were computed from even if
     /// the source changes meanwhile. Elsewhere as [`Store::prepare_counting`].
+    /// Err([`crate::StoreError::SourceChanged`]) when the file was written, truncated or could
+    /// not be read while it was being read: what was prepared is then forgotten (see
+    /// [`Store::forget_prepared`]), never committed.
     pub(crate) fn prepare_import(
+        &self,
+        data: &MappedFile,
+        hashed: &AtomicU64,
+        durability: Durability,
+    ) -> Result<PreparedContent> {
+        let prepared = self.prepare_import_unchecked(data, hashed, durability)?;
+        if let Err(changed) = data.check_unchanged() {
+            self.forget_prepared(&prepared);
+            return Err(changed);
+        }
+        Ok(prepared)
+    }
+
+    fn prepare_import_unchecked(
         &self,
         data: &MappedFile,
         hashed: &AtomicU64,
@@ -413,8 +311,7 @@ impl Store {
     ) -> Result<PreparedContent> {
         let big = data.len() as u64 >= self.options.raw_pack_min_file;
         let clone = data
-            .source
-            .as_ref()
+            .source()
             .filter(|_| big)
             .and_then(|source| clone_into(&self.staging_dir(), source));
         let Some(clone) = clone else {

@@ -18,6 +18,7 @@ pub mod formats;
 pub mod gc;
 pub mod import;
 pub mod ingest;
+pub mod mapped;
 pub mod models;
 pub mod namespace;
 pub mod pack;

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use crate::content::PreparedContent;
 use crate::deferred_sync::Durability;
 use crate::error::{Result, StoreError};
-use crate::ingest::MappedFile;
+use crate::mapped::MappedFile;
 use crate::store::Store;
 
 struct Job {

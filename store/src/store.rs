@@ -301,6 +301,18 @@ impl Store {
         self.catalog.read(|tx| tx.chunk_location(hash))
     }
 
+    /// Forgets where the chunks of `prepared` are pending, for a content that will not be
+    /// committed (its source changed while it was read): no file prepared later takes a chunk
+    /// from it. Its bytes stay in the packs, unreferenced, until gc or recovery drops them.
+    pub fn forget_prepared(&self, prepared: &PreparedContent) {
+        let mut pending = self.pending.lock();
+        for chunk in &prepared.chunks {
+            if chunk.location.is_some() && pending.get(&chunk.hash) == chunk.location.as_ref() {
+                pending.remove(&chunk.hash);
+            }
+        }
+    }
+
     /// Appends a chunk nobody has (to `raw`, the file's own raw pack, if it has one),
     /// remembering it as pending.
     pub(crate) fn append_chunk(
@@ -745,7 +757,7 @@ mod tests {
     fn commit_mapped(store: &Store, dir: &Path, data: &[u8], name: &str) -> (i64, u64) {
         let path = dir.join(name);
         std::fs::write(&path, data).unwrap();
-        let mapped = crate::ingest::MappedFile::open(&path).unwrap();
+        let mapped = crate::mapped::MappedFile::open(&path).unwrap();
         let prepared = store.prepare(&mapped).unwrap();
         let id = store.commit(&prepared, |_, c| Ok(c)).unwrap().unwrap();
         (id, prepared.new_bytes)
@@ -810,7 +822,7 @@ mod tests {
     /// would have tmpfs allocate pages, a SIGBUS on a full tmpfs.
     #[test]
     fn a_sparse_file_is_read_not_mapped_and_stores_its_zeros_once() {
-        use crate::ingest::MappedFile;
+        use crate::mapped::MappedFile;
         use std::os::unix::fs::FileExt;
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
@@ -839,6 +851,51 @@ mod tests {
         // A file without holes is mapped as before.
         std::fs::write(&path, &data).unwrap();
         assert!(MappedFile::open(&path).unwrap().maps_the_file());
+    }
+
+    /// An import source truncated, or written, while it is read is an error of that file: no
+    /// crash (SIGBUS), nothing of it stays pending for later files, and the store reads on.
+    #[test]
+    fn an_import_source_that_changes_while_read_is_refused_and_forgotten() {
+        use crate::deferred_sync::Durability;
+        use crate::mapped::MappedFile;
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::AtomicU64;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), small_raw_packs()).unwrap();
+        for (round, durability) in [Durability::BeforeCommit, Durability::AfterCommit]
+            .into_iter()
+            .enumerate()
+        {
+            let data = random(24 << 20, 40 + round as u64);
+            let path = tmp.path().join(format!("source{round}"));
+            std::fs::write(&path, &data).unwrap();
+            let mapped = MappedFile::open(&path).unwrap();
+            assert!(mapped.maps_the_file());
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let pending_before = store.pending.lock().clone();
+            let err = if round == 0 {
+                // Truncated: every page past 5 MiB is gone from under the map.
+                file.set_len(5 << 20).unwrap();
+                store
+                    .prepare_import(&mapped, &AtomicU64::new(0), durability)
+                    .unwrap_err()
+            } else {
+                file.write_all_at(b"rewritten", 7 << 20).unwrap();
+                store
+                    .prepare_import(&mapped, &AtomicU64::new(0), durability)
+                    .unwrap_err()
+            };
+            assert!(matches!(err, StoreError::SourceChanged { .. }), "{err}");
+            assert!(*store.pending.lock() == pending_before, "round {round}");
+
+            // The same bytes, read whole this time, are stored and read back intact.
+            let (id, _) = commit_mapped(&store, tmp.path(), &data, &format!("again{round}"));
+            let map = store.catalog.read(|tx| tx.content_map(id)).unwrap();
+            let mut got = vec![0u8; data.len()];
+            assert_eq!(store.read(&map, 0, &mut got).unwrap(), data.len());
+            assert!(got == data);
+        }
     }
 
     #[test]
