@@ -22,11 +22,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::deferred_sync::Durability;
 use crate::error::{IoContext, Result, StoreError};
+use crate::mapped::MappedFile;
 use crate::ChunkHash;
 
 pub const PACK_MAGIC: &[u8; 8] = b"MLXFSPK1";
@@ -48,20 +48,6 @@ pub struct ChunkLocation {
     pub len: u32,
 }
 
-/// A chunk's bytes inside a mapped pack; derefs to the bytes.
-pub struct ChunkBytes {
-    map: Arc<Mmap>,
-    start: usize,
-    len: usize,
-}
-
-impl std::ops::Deref for ChunkBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
-    }
-}
-
 struct ActivePack {
     id: u64,
     file: Arc<File>,
@@ -76,12 +62,11 @@ struct ActivePack {
 /// commit finds most of them written while the writer was still hashing.
 const WRITEBACK_BATCH: u64 = 8 << 20;
 
-/// All pack files of a store: one active pack for appends, memory maps for reads.
+/// All pack files of a store: one active pack for appends, cached descriptors for reads.
 pub struct Packs {
     dir: PathBuf,
     target_size: u64,
     active: Mutex<Option<ActivePack>>,
-    maps: RwLock<HashMap<u64, Arc<Mmap>>>,
     files: RwLock<HashMap<u64, Arc<File>>>,
     /// Second descriptors with readahead off, for random reads of a few blocks: readahead
     /// state belongs to the open file, so sequential readers keep theirs.
@@ -238,7 +223,6 @@ impl Packs {
             dir: dir.to_path_buf(),
             target_size,
             active: Mutex::new(None),
-            maps: RwLock::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
             random_files: RwLock::new(HashMap::new()),
             raw: RwLock::new(HashSet::new()),
@@ -578,22 +562,17 @@ impl Packs {
         })
     }
 
-    /// The raw bytes at `loc`, unverified. Use [`Packs::read_verified`] on the read path.
-    pub fn read(&self, loc: ChunkLocation) -> Result<ChunkBytes> {
-        let end = loc.offset + loc.len as u64;
-        let map = self.map_covering(loc.pack, end)?;
-        let start = usize::try_from(loc.offset)
-            .map_err(|_| StoreError::Inconsistent("pack offset overflows".into()))?;
-        Ok(ChunkBytes {
-            map,
-            start,
-            len: loc.len as usize,
-        })
+    /// The raw bytes at `loc` (those of chunk `hash`), unverified, read with pread: an I/O
+    /// error of the disk is an error here, where a mapping would have been a SIGBUS. Use
+    /// [`Packs::read_verified`] where the bytes are used.
+    pub fn read(&self, loc: ChunkLocation, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let file = self.file(loc.pack)?;
+        pread_exact(&file, loc.pack, loc.offset, loc.len as usize, hash)
     }
 
     /// The bytes at `loc`, checked against their BLAKE3 id; a mismatch is an error, never data.
-    pub fn read_verified(&self, loc: ChunkLocation, hash: &ChunkHash) -> Result<ChunkBytes> {
-        let bytes = self.read(loc)?;
+    pub fn read_verified(&self, loc: ChunkLocation, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let bytes = self.read(loc, hash)?;
         if blake3::hash(&bytes).as_bytes() != hash {
             return Err(StoreError::CorruptChunk {
                 chunk: hex::encode(hash),
@@ -671,37 +650,8 @@ impl Packs {
         Ok(file)
     }
 
-    fn map_covering(&self, pack: u64, end: u64) -> Result<Arc<Mmap>> {
-        if let Some(map) = self.maps.read().get(&pack) {
-            if map.len() as u64 >= end {
-                return Ok(map.clone());
-            }
-        }
-        let path = self.path(pack);
-        let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-        let file_len = file
-            .metadata()
-            .ctx(|| format!("stat {}", path.display()))?
-            .len();
-        if file_len < end {
-            return Err(StoreError::CorruptChunk {
-                chunk: String::new(),
-                pack,
-                offset: end,
-                reason: format!("pack is {file_len} bytes, shorter than the catalog says"),
-            });
-        }
-        // SAFETY: packs are append-only while mapped; gc replaces a pack by writing a new file
-        // and dropping every mapping of the old one first, so the mapped range never shrinks.
-        let map = unsafe { Mmap::map(&file) }.ctx(|| format!("mapping {}", path.display()))?;
-        let map = Arc::new(map);
-        self.maps.write().insert(pack, map.clone());
-        Ok(map)
-    }
-
-    /// Forgets the mapping of a pack (before gc deletes or rewrites it).
+    /// Forgets the open descriptors of a pack (before gc deletes or rewrites it).
     pub fn unmap(&self, pack: u64) {
-        self.maps.write().remove(&pack);
         self.files.write().remove(&pack);
         self.random_files.write().remove(&pack);
     }
@@ -832,17 +782,14 @@ pub fn scan_pack(path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
     if path.extension().is_some_and(|e| e == "raw") {
         return scan_raw_pack(path, &path.with_extension("index"), pack);
     }
-    let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    let len = file
-        .metadata()
-        .ctx(|| format!("stat {}", path.display()))?
-        .len();
+    // Nobody truncates a pack while the store lock is held; a page the disk cannot read is an
+    // error of the scan (see mapped.rs), not a SIGBUS.
+    let map = MappedFile::open(path)?;
+    let len = map.len() as u64;
     let mut records = Vec::new();
     if len < PACK_HEADER_LEN {
         return Ok((records, 0));
     }
-    // SAFETY: read-only scan of a pack nobody truncates while the store lock is held.
-    let map = unsafe { Mmap::map(&file) }.ctx(|| format!("mapping {}", path.display()))?;
     if &map[..8] != PACK_MAGIC {
         return Ok((records, 0));
     }
@@ -872,6 +819,7 @@ pub fn scan_pack(path: &Path, pack: u64) -> Result<(Vec<ScannedRecord>, u64)> {
         });
         pos = data_end;
     }
+    map.check_intact()?;
     Ok((records, pos))
 }
 
