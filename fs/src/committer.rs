@@ -9,9 +9,11 @@
 //!
 //! A queued file leaves a record beside its staging file. If the daemon dies before the
 //! commit, the next start commits the staging bytes the record names: the staging file sat in
-//! the page cache, which outlives the process. A record written before the machine last booted
-//! is dropped instead (its bytes may never have reached the disk); like a file closed on a disk
-//! and not fsynced before a power cut, that file keeps what it had before.
+//! the page cache, which outlives the process. A record of another write session (written
+//! before the machine last booted, or before the store's file system was last mounted: see
+//! `store::deferred_sync::write_session`) is dropped instead (its bytes may never have reached
+//! the disk); like a file closed on a disk and not fsynced before a power cut, that file keeps
+//! what it had before.
 //!
 //! Files are committed in the order they were closed. Queued bytes are bounded (staging holds a
 //! second copy of them until their commit), and a close only queues while the store's disk has
@@ -147,6 +149,8 @@ impl Committer {
 /// longer `base`, something else committed over it since, and the record is stale).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
+    /// The write session the staged bytes were written in (the key stays `boot`: records of
+    /// builds before sessions hold the boot id alone).
     pub boot: String,
     pub ino: u64,
     pub base: Option<i64>,

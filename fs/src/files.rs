@@ -243,9 +243,12 @@ impl Staged {
     /// Writes the commit record of these staged bytes, unless the one written last says the
     /// same (a close's flush wrote it, its release asks again).
     fn write_record(&mut self, ino: u64) -> std::io::Result<()> {
-        let boot = crate::platform::boot_id()
-            .ok_or_else(|| std::io::Error::other("no boot id to bind a commit record to"))?;
-        let record = self.record(ino, boot);
+        let session = self
+            .path
+            .parent()
+            .and_then(store::deferred_sync::write_session)
+            .ok_or_else(|| std::io::Error::other("no write session to bind a commit record to"))?;
+        let record = self.record(ino, session);
         if self.recorded.as_ref() != Some(&record) {
             record.write(&self.path)?;
             self.recorded = Some(record);
@@ -1155,12 +1158,20 @@ impl Vfs {
     }
 
     /// Commits the files that were queued when a previous daemon stopped (their records in
-    /// `staging`), as their closes promised. A record from an earlier boot is dropped.
+    /// `staging`), as their closes promised. A record from another write session (an earlier
+    /// boot, or an earlier mount of the store's file system: its dirty pages may be lost) is
+    /// dropped.
     pub(crate) fn recover_queued_commits(&self, staging: &std::path::Path) -> FsResult<()> {
         let Ok(dir) = std::fs::read_dir(staging) else {
             return Ok(());
         };
+        let session = store::deferred_sync::write_session(staging);
+        // Records of a build before sessions hold the boot id alone.
         let boot = crate::platform::boot_id();
+        let same_session = |bound: &String| {
+            Some(bound) == session.as_ref()
+                || (!bound.contains('/') && Some(bound) == boot.as_ref())
+        };
         let mut records = Vec::new();
         for entry in dir.flatten() {
             let path = entry.path();
@@ -1171,12 +1182,11 @@ impl Vfs {
                 .ok()
                 .and_then(|t| Record::parse(&t))
             {
-                Some(record) if Some(&record.boot) == boot.as_ref() => {
-                    records.push((record, staged))
-                }
+                Some(record) if same_session(&record.boot) => records.push((record, staged)),
                 Some(record) => tracing::warn!(
                     ino = record.ino,
-                    "dropping a commit queued before the last reboot (its bytes may be lost)"
+                    "dropping a commit queued before the last reboot or remount of the store's \
+                     disk (its bytes may be lost)"
                 ),
                 None => {
                     tracing::warn!(path = %path.display(), "ignoring an unreadable commit record")

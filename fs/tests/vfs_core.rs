@@ -537,6 +537,47 @@ fn a_commit_queued_before_a_reboot_is_dropped() {
     assert!(staging_files(dir.path()).is_empty());
 }
 
+/// A record of this boot but another mount of the store's file system (pulled out and
+/// plugged back, its dirty pages lost) is dropped as one from another boot is; one of a build
+/// before sessions (the boot id alone, this boot) is still committed.
+#[test]
+fn a_commit_queued_before_a_remount_is_dropped_and_an_old_record_of_this_boot_kept() {
+    for (bound, kept) in [("other-mount", false), ("boot-only", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ino;
+        {
+            let vfs = open_vfs(dir.path());
+            ino = write_file(&vfs, ROOT_INO, b"f", b"old bytes");
+            vfs.start_committing();
+            let opened = vfs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+            vfs.write(ino, opened.fh, 0, b"queued bytes", false)
+                .unwrap();
+            vfs.flush(opened.fh).unwrap();
+            vfs.release(opened.fh).unwrap();
+            assert_eq!(vfs.commit_backlog().0, 1);
+        }
+        let record = staging_files(dir.path())
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "commit"))
+            .unwrap();
+        let text = std::fs::read_to_string(&record).unwrap();
+        let boot_line = text.lines().nth(1).unwrap().to_string();
+        let session = boot_line.strip_prefix("boot ").unwrap();
+        let (boot, mount) = session.split_once('/').expect("boot/mount");
+        assert!(!mount.is_empty());
+        let replaced = match bound {
+            "other-mount" => format!("boot {boot}/u999999999"),
+            _ => format!("boot {boot}"),
+        };
+        std::fs::write(&record, text.replace(&boot_line, &replaced)).unwrap();
+        let vfs = open_vfs(dir.path());
+        let expected: &[u8] = if kept { b"queued bytes" } else { b"" };
+        assert_eq!(read_all(&vfs, ino), expected, "{bound}");
+        drop(vfs);
+        assert!(staging_files(dir.path()).is_empty());
+    }
+}
+
 #[test]
 fn the_commit_thread_lands_queued_files_and_settle_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,9 +53,12 @@ pub fn boot_id() -> Option<String> {
 }
 
 /// This boot of the machine and this mount of the file system holding `dir`; `None` where the
-/// kernel does not tell (then nothing is deferred).
+/// kernel does not tell (then nothing is deferred). Bytes written to `dir` through the page
+/// cache are on the disk, or still in memory, as long as the session is the same: a machine
+/// crash changes the boot, a file system lost with its dirty pages (unplugged, forced off)
+/// changes the mount.
 #[cfg(target_os = "linux")]
-pub(crate) fn write_session(dir: &std::path::Path) -> Option<String> {
+pub fn write_session(dir: &std::path::Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     let boot = boot_id()?;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
@@ -86,7 +89,7 @@ pub(crate) fn write_session(dir: &std::path::Path) -> Option<String> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn write_session(_dir: &std::path::Path) -> Option<String> {
+pub fn write_session(_dir: &std::path::Path) -> Option<String> {
     None
 }
 
