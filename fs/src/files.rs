@@ -645,20 +645,22 @@ impl Vfs {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
+        let len = (end - offset) as usize;
+        let mut buf = Vec::with_capacity(len);
         if let Some(map) = content {
             if offset < map.size {
-                let want = ((map.size - offset) as usize).min(buf.len());
-                let got = if self.continues_reading(fh, offset, end) {
-                    self.store.read(&map, offset, &mut buf[..want])?
-                } else {
-                    self.store.read_random(&map, offset, &mut buf[..want])?
-                };
+                let want = ((map.size - offset) as usize).min(len);
+                let random = !self.continues_reading(fh, offset, end);
+                let got = self
+                    .store
+                    .read_appending(&map, offset, want, random, &mut buf)?;
                 if got != want {
                     return Err(Errno::EIO);
                 }
             }
         }
+        // Past the content's end (a file extended by truncate): zeros.
+        buf.resize(len, 0);
         Ok(buf)
     }
 

@@ -416,7 +416,26 @@ impl Store {
     /// Callers outside a catalog transaction should hold [`Store::read_guard`] from before
     /// they took `map` (see there); chunks gc moved since are found again.
     pub fn read(&self, map: &ContentMap, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.read_in(None, map, offset, buf, Access::Sequential)
+        self.read_into_slice(None, map, offset, buf, Access::Sequential)
+    }
+
+    /// Appends up to `len` bytes of the content from `offset` to `out` (fewer at its end), as
+    /// [`Store::read`] or, with `random`, [`Store::read_random`] would read them, without a
+    /// zeroed buffer to copy them into first (the mount's read path). Returns the count.
+    pub fn read_appending(
+        &self,
+        map: &ContentMap,
+        offset: u64,
+        len: usize,
+        random: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<usize> {
+        let access = if random {
+            Access::Random
+        } else {
+            Access::Sequential
+        };
+        self.read_in(None, map, offset, len, out, access)
     }
 
     /// A read-only descriptor of the raw pack (pack.rs) whose bytes are exactly `content`'s, if
@@ -454,7 +473,7 @@ impl Store {
     /// at scattered offsets): a small part of a big chunk is read and checked block by block
     /// (blocks.rs) instead of reading and checking the whole chunk.
     pub fn read_random(&self, map: &ContentMap, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.read_in(None, map, offset, buf, Access::Random)
+        self.read_into_slice(None, map, offset, buf, Access::Random)
     }
 
     /// [`Store::read`] from inside the catalog transaction `tx` that loaded `map`.
@@ -465,10 +484,10 @@ impl Store {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
-        self.read_in(Some(tx), map, offset, buf, Access::Sequential)
+        self.read_into_slice(Some(tx), map, offset, buf, Access::Sequential)
     }
 
-    fn read_in(
+    fn read_into_slice(
         &self,
         tx: Option<&Tx>,
         map: &ContentMap,
@@ -476,10 +495,26 @@ impl Store {
         buf: &mut [u8],
         access: Access,
     ) -> Result<usize> {
+        let mut out = Vec::with_capacity(buf.len());
+        let n = self.read_in(tx, map, offset, buf.len(), &mut out, access)?;
+        buf[..n].copy_from_slice(&out);
+        Ok(n)
+    }
+
+    /// Appends up to `len` bytes from `offset` to `out`; returns how many.
+    fn read_in(
+        &self,
+        tx: Option<&Tx>,
+        map: &ContentMap,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+        access: Access,
+    ) -> Result<usize> {
         let Some(mut index) = map.chunk_index(offset) else {
             return Ok(0);
         };
-        let want = buf.len().min((map.size - offset) as usize);
+        let want = len.min((map.size - offset) as usize);
         let mut done = 0;
         while done < want {
             let chunk = &map.chunks[index];
@@ -487,23 +522,22 @@ impl Store {
             let n = (chunk.location.len as usize)
                 .saturating_sub(in_chunk)
                 .min(want - done);
-            let out = &mut buf[done..done + n];
             // Block by block outside transactions: on random access, and after a whole chunk
             // failed its check (a damaged chunk then fails only the reads that need its damaged
             // blocks; a readahead request that merely ends inside it still gets its bytes).
             let by_blocks = tx.is_none() && n > 0;
             if !(by_blocks
                 && access == Access::Random
-                && self.read_blocks(chunk, in_chunk, out, false))
+                && self.read_blocks(chunk, in_chunk, n, out, false))
             {
                 match self.chunk_in(tx, map, index) {
                     Ok(bytes) => {
-                        out.copy_from_slice(bytes.get(in_chunk..in_chunk + n).ok_or_else(|| {
-                            StoreError::Inconsistent("chunk shorter than its location".into())
-                        })?)
+                        out.extend_from_slice(bytes.get(in_chunk..in_chunk + n).ok_or_else(
+                            || StoreError::Inconsistent("chunk shorter than its location".into()),
+                        )?)
                     }
                     Err(e @ StoreError::CorruptChunk { .. }) => {
-                        if !(by_blocks && self.read_blocks(chunk, in_chunk, out, true)) {
+                        if !(by_blocks && self.read_blocks(chunk, in_chunk, n, out, true)) {
                             return Err(e);
                         }
                     }
@@ -534,14 +568,21 @@ const LOADING_STRIPES: usize = 64;
 const BLOCK_CVS_CACHED: usize = 8192;
 
 impl Store {
-    /// Fills `out` from byte `start` of `chunk` by reading and checking only the blocks it
-    /// touches. `false` when that is not worth it (a small chunk, most of a chunk wanted, the
+    /// Appends `len` bytes from byte `start` of `chunk` to `out` by reading and checking only
+    /// the blocks they touch (nothing is appended when it returns false). `false` when that is not worth it (a small chunk, most of a chunk wanted, the
     /// chunk already cached) or not possible (no CVs stored, a read or check failed): the
     /// caller then reads the whole chunk, which also reports any damage properly.
     /// With `always`, the blocks are read whenever CVs exist (after the whole chunk failed).
-    fn read_blocks(&self, chunk: &MappedChunk, start: usize, out: &mut [u8], always: bool) -> bool {
+    fn read_blocks(
+        &self,
+        chunk: &MappedChunk,
+        start: usize,
+        wanted: usize,
+        out: &mut Vec<u8>,
+        always: bool,
+    ) -> bool {
         let len = chunk.location.len as u64;
-        let worth_it = out.len() as u64 * 2 <= len && !self.cache.contains(&chunk.hash);
+        let worth_it = wanted as u64 * 2 <= len && !self.cache.contains(&chunk.hash);
         if len <= VERIFY_BLOCK || !(always || worth_it) {
             return false;
         }
@@ -550,7 +591,7 @@ impl Store {
         };
         let block = VERIFY_BLOCK as usize;
         let first = start / block;
-        let last = (start + out.len() - 1) / block;
+        let last = (start + wanted - 1) / block;
         let span_start = first * block;
         let span_end = ((last + 1) * block).min(len as usize);
         let _reading = self.read_gate.read_recursive();
@@ -568,7 +609,7 @@ impl Store {
             }
         }
         let from = start - span_start;
-        out.copy_from_slice(&span[from..from + out.len()]);
+        out.extend_from_slice(&span[from..from + wanted]);
         true
     }
 
