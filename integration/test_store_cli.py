@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import corpus as C
-from mlxfs_helpers import assert_reads_back, sha256_file, store_contains, tree_entries
+from mlxfs_helpers import Mlxfs, assert_reads_back, sha256_file, store_contains, tree_entries
 
 STATUS_KEYS = ("logical_bytes", "physical_bytes", "files", "chunks", "models", "mounted")
 
@@ -405,6 +405,46 @@ def test_a_blob_truncated_while_it_is_imported_is_skipped_not_a_crash(tmp_path, 
         got = m.run("cat", blob_ns).stdout
         assert hashlib.sha256(got).hexdigest() == etag, "imported, but not its bytes of then"
     m.run("verify")
+
+
+def test_an_import_that_fills_the_disk_says_so_keeps_earlier_files_and_gives_the_room_back(
+        tmp_path, mlxfs_bin, base_env):
+    """A store on a 64 MiB tmpfs (16 MiB of it the store's reserve): 20 MiB imported, then 32 MiB
+    more that cannot fit beside it. The import fails with exit 1 and a message that says what
+    happened and what to do; the first model reads back, verify is clean, the failed import's
+    packs are gone at once, and after room is made the same import goes through."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
+    try:
+        rng = np.random.default_rng(31)
+        small_hub, big_hub = tmp_path / "small" / "hub", tmp_path / "big" / "hub"
+        C.write_hf_repo(small_hub, "o/small", {"config.json": b"{}\n",
+                                               "model.safetensors": rng.bytes(20 << 20)},
+                        C.fake_commit("small", 0))
+        C.write_hf_repo(big_hub, "o/big", {"config.json": b'{"big": 1}\n',
+                                           "model-1.safetensors": rng.bytes(16 << 20),
+                                           "model-2.safetensors": rng.bytes(16 << 20)},
+                        C.fake_commit("big", 0))
+        m = Mlxfs(mlxfs_bin, disk / "store", base_env)
+        m.run("import", small_hub)
+        p = m.run("import", big_hub, expect=1)
+        err = p.stderr.decode(errors="replace")
+        assert "no space left on the store's disk" in err and "import again" in err, err
+        assert "free of" in err, err
+        free = os.statvfs(disk)
+        assert free.f_bavail * free.f_frsize > 36 << 20, "the failed import's packs stayed"
+        assert_reads_back(m, tree_entries(small_hub, C.NS_HF))
+        m.run("verify")
+        m.run("rm", "-r", f"{C.NS_HF}/models--o--small")
+        m.run("gc")
+        m.run("import", big_hub)
+        assert_reads_back(m, tree_entries(big_hub, C.NS_HF))
+        m.run("verify")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_import_skips_ollama_blob_with_wrong_digest(tmp_path, make_store):

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use store::import::{import_total_bytes, recognise, ImportOptions, ImportReport};
+use store::import::{import_total_bytes, recognise, ImportError, ImportOptions, ImportReport};
 
 use super::{open_store, print_json, progress_bar, stderr_is_terminal, EXIT_OK, EXIT_SKIPPED};
 use crate::human;
@@ -51,7 +51,7 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
         Ok(store) => {
             let report = store.import_with(&args.paths, options, &|n| bar.inc(n));
             bar.finish_and_clear();
-            let report = report?;
+            let report = report.map_err(|e| import_failed(&store, store_dir, e))?;
             store
                 .refresh_models()
                 .context("updating the model registry")?;
@@ -93,6 +93,38 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
     } else {
         EXIT_SKIPPED
     })
+}
+
+/// The error of an import that stopped. A full disk is the one a user can act on: say what
+/// is kept, give the room back at once (the uncommitted packs), and what to do next.
+fn import_failed(store: &store::Store, store_dir: &Path, e: ImportError) -> anyhow::Error {
+    if !matches!(e, ImportError::Store(store::StoreError::NoSpace)) {
+        return anyhow::Error::new(e);
+    }
+    if let Err(e) = store.reclaim_uncommitted() {
+        tracing::warn!(error = %e, "giving back the room of the uncommitted import");
+    }
+    let room = disk_room(store_dir)
+        .map(|(free, total)| format!(" ({} free of {})", human::bytes(free), human::bytes(total)))
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "no space left on the store's disk{room}: the files imported before it filled are kept, \
+         the rest is not in the store; make room and run the same import again (what is stored \
+         already is not stored twice)"
+    )
+}
+
+/// (free, total) bytes of the file system holding `dir`, for the user.
+fn disk_room(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let block = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * block, st.f_blocks as u64 * block))
 }
 
 fn summary(r: &ImportReport) -> String {
