@@ -180,3 +180,41 @@ def test_flipped_pack_byte_reads_as_eio_never_wrong_bytes(tmp_path):
     finally:
         m.cleanup()
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_an_import_into_a_mounted_full_disk_fails_cleanly_and_gives_the_room_back(
+        small_disk_mount, tmp_path):
+    """The daemon runs the import of a mounted store: on a disk that fills, the import fails
+    with exit 1 and says why, the daemon gives back the failed import's packs at once (it keeps
+    the store open, so no later start would), and the mount goes on working."""
+    import numpy as np
+
+    import corpus as C
+
+    m = small_disk_mount
+    keep = m.path / "huggingface/hub/keep.bin"
+    keep.write_bytes(os.urandom(8 << 20))
+    keep_sum = sha256_file(keep)
+    disk = m.store.parent
+    rng = np.random.default_rng(41)
+    hub = tmp_path / "src" / "hub"
+    C.write_hf_repo(hub, "o/toobig", {"config.json": b"{}\n",
+                                      "model-1.safetensors": rng.bytes(48 << 20),
+                                      "model-2.safetensors": rng.bytes(48 << 20)},
+                    C.fake_commit("toobig", 0))
+    before = os.statvfs(disk)
+    p = m.cli("import", hub, expect=1)
+    err = p.stderr.decode(errors="replace")
+    assert "no space left" in err, err
+    after = os.statvfs(disk)
+    # Within a few MiB of where it started: the uncommitted packs are gone.
+    assert after.f_bavail * after.f_frsize >= before.f_bavail * before.f_frsize - (4 << 20), (
+        before.f_bavail * before.f_frsize, after.f_bavail * after.f_frsize)
+    assert sha256_file(keep) == keep_sum
+    again = m.path / "huggingface/hub/after.bin"
+    data = os.urandom(4 << 20)
+    again.write_bytes(data)
+    assert again.read_bytes() == data
+    m.stop()
+    v = m.verify()
+    assert v.returncode == 0, v.stdout.decode() + v.stderr.decode()
