@@ -719,6 +719,10 @@ impl Packs {
         if raw && removed.is_ok() {
             let _ = std::fs::remove_file(self.dir.join(raw_index_file_name(pack)));
             self.raw.write().remove(&pack);
+            // Held for the next sync, these descriptors would keep the removed pack's room
+            // (e.g. a failed import's adopted copy, dropped to give a full disk back).
+            self.raw_unsynced.lock().remove(&pack);
+            self.raw_writing.lock().remove(&pack);
         }
         removed
     }
@@ -970,6 +974,37 @@ mod tests {
         assert!(!path.exists());
         assert!(!dir.path().join(raw_index_file_name(raw_id)).exists());
         assert_eq!(reopened.list().unwrap(), vec![record.pack]);
+    }
+
+    /// Descriptors of this process open on `path` after it was unlinked.
+    fn open_deleted(path: &Path) -> usize {
+        let deleted = format!("{} (deleted)", path.display());
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy() == deleted)
+            .count()
+    }
+
+    #[test]
+    fn a_removed_unsynced_raw_pack_gives_its_room_back_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = Packs::open(dir.path(), 1 << 20).unwrap();
+        let (h, d) = chunk(4, 5000);
+        let copy = dir.path().join("copy");
+        std::fs::write(&copy, &d).unwrap();
+        let id = packs.adopt_raw(&copy, &[(h, d.len() as u32)]).unwrap();
+        std::fs::remove_file(&copy).unwrap();
+        assert_eq!(packs.unsynced(), vec![id], "adopted, not yet synced");
+        let path = packs.path(id);
+        packs.remove(id).unwrap();
+        assert_eq!(
+            open_deleted(&path),
+            0,
+            "no descriptor keeps the removed pack"
+        );
+        assert!(packs.unsynced().is_empty());
+        packs.sync().unwrap();
     }
 
     #[test]
