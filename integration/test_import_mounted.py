@@ -62,6 +62,30 @@ def one_file_repo(m, tmp_path, name):
     return hub, snap, in_mount
 
 
+def test_importing_a_folder_of_the_mount_itself_is_refused_with_a_reason(mount_env, tmp_path):
+    """`mlxfs import ~/.mlx-cache/huggingface/hub` (the mount, not the original cache): its
+    files are in the store already, and the daemon would read them through its own mount for
+    nothing (before: exit 0, "new 0 B"). It is refused at once, saying why, and the mount keeps
+    serving the files unchanged."""
+    m = mount_env.mount
+    _, snap, in_mount = one_file_repo(m, tmp_path, "own")
+    want = sha256_file(snap / "weights.bin")
+    for inside in (m.path / "huggingface/hub", m.path / "ollama/models"):
+        r = m.cli("import", inside, expect=None, timeout=60)
+        err = r.stderr.decode(errors="replace")
+        assert r.returncode == 1, (inside, r.returncode, err)
+        assert "inside this store's mount" in err and str(inside) in err, err
+    # A path reaching the mount through a symlink is caught too.
+    link = tmp_path / "link-to-hub"
+    link.symlink_to(m.path / "huggingface/hub")
+    r = m.cli("import", link, expect=None, timeout=60)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 1 and "inside this store's mount" in err, err
+    assert sha256_file(in_mount) == want
+    m.stop()
+    assert m.verify().returncode == 0
+
+
 def test_a_file_held_open_across_an_import_reads_the_new_bytes(mount_env, tmp_path):
     """An import that replaces the content of a file someone holds open: reads through the
     open descriptor give the new bytes (as after any in-place rewrite), never the old content

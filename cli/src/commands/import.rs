@@ -31,6 +31,9 @@ pub struct ImportArgs {
 }
 
 pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
+    if let Some(daemon) = daemon::running_daemon(store_dir) {
+        refuse_own_mount(&args.paths, &daemon.mountpoint)?;
+    }
     // Every PATH is recognised before the store is created or touched.
     for path in &args.paths {
         recognise(path)?;
@@ -93,6 +96,28 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
     } else {
         EXIT_SKIPPED
     })
+}
+
+/// A folder of the store's own mount holds nothing the store lacks (most likely the user meant
+/// the original cache), and the daemon would read it through itself: say so instead.
+fn refuse_own_mount(paths: &[PathBuf], mountpoint: &Path) -> Result<()> {
+    let mountpoint = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    // A path that does not resolve is left to `recognise`, which says why.
+    let inside = paths.iter().find(|p| {
+        p.canonicalize()
+            .is_ok_and(|real| real.starts_with(&mountpoint))
+    });
+    match inside {
+        Some(inside) => anyhow::bail!(
+            "{} is inside this store's mount at {}: its files are in the store already; \
+             import the original caches (e.g. ~/.cache/huggingface/hub or ~/.ollama/models)",
+            inside.display(),
+            mountpoint.display()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The error of an import that stopped. A full disk is the one a user can act on: say what
