@@ -1,5 +1,6 @@
 //! The core Vfs without a mount: namespace and file semantics, persistence across reopen.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fs::{Caller, Errno, SetAttr, Vfs};
@@ -13,7 +14,7 @@ fn caller() -> Caller {
     }
 }
 
-fn open_vfs(dir: &std::path::Path) -> Vfs {
+fn open_vfs(dir: &Path) -> Vfs {
     let store = Store::open(dir, StoreOptions::default()).expect("open store");
     Vfs::new(Arc::new(store)).expect("vfs")
 }
@@ -470,7 +471,7 @@ fn passthrough_handles_share_one_pack_and_keep_writers_out() {
 }
 
 /// Files under the staging dir of the store at `dir`.
-fn staging_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+fn staging_files(dir: &Path) -> Vec<PathBuf> {
     let staging = Store::open(dir, StoreOptions::default())
         .map(|s| s.staging_dir())
         .unwrap_or_else(|_| dir.join("staging"));
@@ -507,29 +508,34 @@ fn a_queued_commit_is_seen_at_once_and_recovered_after_a_crash() {
     assert!(staging_files(dir.path()).is_empty());
 }
 
-#[test]
-fn a_commit_queued_before_a_reboot_is_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let ino;
-    {
-        let vfs = open_vfs(dir.path());
-        ino = write_file(&vfs, ROOT_INO, b"f", b"old bytes");
-        vfs.start_committing();
-        let opened = vfs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-        vfs.write(ino, opened.fh, 0, b"new bytes, never synced", false)
-            .unwrap();
-        vfs.flush(opened.fh).unwrap();
-        vfs.release(opened.fh).unwrap();
-        assert_eq!(vfs.commit_backlog().0, 1);
-    }
-    let records: Vec<_> = staging_files(dir.path())
+/// Rewrites file "f" (made with "old bytes") to `bytes` through a store whose committer never
+/// runs, then closes the store: the commit stays queued, as in a crash. Returns the inode and
+/// the one commit record left in staging.
+fn leave_a_queued_commit(dir: &Path, bytes: &[u8]) -> (u64, PathBuf) {
+    let vfs = open_vfs(dir);
+    let ino = write_file(&vfs, ROOT_INO, b"f", b"old bytes");
+    vfs.start_committing();
+    let opened = vfs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    vfs.write(ino, opened.fh, 0, bytes, false).unwrap();
+    vfs.flush(opened.fh).unwrap();
+    vfs.release(opened.fh).unwrap();
+    assert_eq!(vfs.commit_backlog().0, 1);
+    drop(vfs);
+    let records: Vec<_> = staging_files(dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "commit"))
         .collect();
     assert_eq!(records.len(), 1);
-    let text = std::fs::read_to_string(&records[0]).unwrap();
+    (ino, records[0].clone())
+}
+
+#[test]
+fn a_commit_queued_before_a_reboot_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ino, record) = leave_a_queued_commit(dir.path(), b"new bytes, never synced");
+    let text = std::fs::read_to_string(&record).unwrap();
     let boot_line = text.lines().nth(1).unwrap().to_string();
-    std::fs::write(&records[0], text.replace(&boot_line, "boot another-boot")).unwrap();
+    std::fs::write(&record, text.replace(&boot_line, "boot another-boot")).unwrap();
     let vfs = open_vfs(dir.path());
     // O_TRUNC emptied the file durably at open; the unsynced bytes after it are gone.
     assert_eq!(read_all(&vfs, ino), b"");
@@ -544,22 +550,7 @@ fn a_commit_queued_before_a_reboot_is_dropped() {
 fn a_commit_queued_before_a_remount_is_dropped_and_an_old_record_of_this_boot_kept() {
     for (bound, kept) in [("other-mount", false), ("boot-only", true)] {
         let dir = tempfile::tempdir().unwrap();
-        let ino;
-        {
-            let vfs = open_vfs(dir.path());
-            ino = write_file(&vfs, ROOT_INO, b"f", b"old bytes");
-            vfs.start_committing();
-            let opened = vfs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-            vfs.write(ino, opened.fh, 0, b"queued bytes", false)
-                .unwrap();
-            vfs.flush(opened.fh).unwrap();
-            vfs.release(opened.fh).unwrap();
-            assert_eq!(vfs.commit_backlog().0, 1);
-        }
-        let record = staging_files(dir.path())
-            .into_iter()
-            .find(|p| p.extension().is_some_and(|e| e == "commit"))
-            .unwrap();
+        let (ino, record) = leave_a_queued_commit(dir.path(), b"queued bytes");
         let text = std::fs::read_to_string(&record).unwrap();
         let boot_line = text.lines().nth(1).unwrap().to_string();
         let session = boot_line.strip_prefix("boot ").unwrap();
