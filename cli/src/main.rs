@@ -141,8 +141,64 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("mlxfs: error: {e:#}");
+            eprintln!("mlxfs: error: {}", error_text(&e));
             ExitCode::from(commands::EXIT_FAILURE as u8)
         }
+    }
+}
+
+/// The error and its causes joined by ": ", as `{:#}` does, but without a cause whose text the
+/// message before it already ends with (many library errors name their source in their own
+/// text, and would otherwise show it twice).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+    use anyhow::Context;
+
+    /// An error whose message names its source, which it also gives as its cause.
+    #[derive(Debug)]
+    struct NamesItsSource {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for NamesItsSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "mount point /x: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for NamesItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOTDIR);
+        let e = anyhow::Error::new(NamesItsSource { source: io() }).context("mounting /x");
+        assert_eq!(
+            error_text(&e),
+            format!("mounting /x: mount point /x: {}", io())
+        );
+        let plain: anyhow::Result<()> = Err(io()).context("reading /y");
+        assert_eq!(
+            error_text(&plain.unwrap_err()),
+            format!("reading /y: {}", io())
+        );
     }
 }
