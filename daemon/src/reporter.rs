@@ -414,19 +414,7 @@ impl Reporter {
             .import_with(paths, options, &|n| {
                 progress.fetch_add(n, Ordering::Relaxed);
             })
-            .map_err(|e| {
-                if matches!(
-                    e,
-                    store::import::ImportError::Store(store::StoreError::NoSpace)
-                ) {
-                    // The mount keeps the store open: without this its uncommitted packs would
-                    // hold the disk full until the next start.
-                    if let Err(e) = store.reclaim_uncommitted() {
-                        tracing::warn!(error = %e, "giving back the room of a failed import");
-                    }
-                }
-                e.to_string()
-            });
+            .map_err(|e| e.to_string());
         // Even a failed import may have committed batches: caches must learn of them.
         let roots: Vec<&str> = vec![store::models::HF_ROOT, store::models::OLLAMA_ROOT];
         let replaced = report.as_ref().ok().map(|r| r.replaced_entries.as_slice());

@@ -1627,6 +1627,23 @@ impl Store {
         options: ImportOptions,
         progress: &dyn Fn(u64),
     ) -> Result<ImportReport> {
+        let imported = self.import_guarded(paths, options, progress);
+        if matches!(imported, Err(ImportError::Store(StoreError::NoSpace))) {
+            // The batches committed before the disk filled stay; the packs of the rest would
+            // hold the disk full until the store is next opened (never, for a mount's store).
+            if let Err(e) = self.reclaim_uncommitted() {
+                tracing::warn!(error = %e, "giving back the room of a failed import");
+            }
+        }
+        imported
+    }
+
+    fn import_guarded(
+        &self,
+        paths: &[PathBuf],
+        options: ImportOptions,
+        progress: &dyn Fn(u64),
+    ) -> Result<ImportReport> {
         // Prepared contents wait for their batch's commit: keep reclaim_uncommitted out.
         let _ingest = self.ingest_guard();
         let sources = paths

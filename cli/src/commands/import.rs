@@ -54,7 +54,7 @@ pub fn run(store_dir: &Path, args: &ImportArgs) -> Result<i32> {
         Ok(store) => {
             let report = store.import_with(&args.paths, options, &|n| bar.inc(n));
             bar.finish_and_clear();
-            let report = report.map_err(|e| import_failed(&store, store_dir, e))?;
+            let report = report.map_err(|e| import_failed(store_dir, e))?;
             store
                 .refresh_models()
                 .context("updating the model registry")?;
@@ -121,13 +121,10 @@ fn refuse_own_mount(paths: &[PathBuf], mountpoint: &Path) -> Result<()> {
 }
 
 /// The error of an import that stopped. A full disk is the one a user can act on: say what
-/// is kept, give the room back at once (the uncommitted packs), and what to do next.
-fn import_failed(store: &store::Store, store_dir: &Path, e: ImportError) -> anyhow::Error {
+/// is kept (the import gave the room of the rest back) and what to do next.
+fn import_failed(store_dir: &Path, e: ImportError) -> anyhow::Error {
     if !matches!(e, ImportError::Store(store::StoreError::NoSpace)) {
         return anyhow::Error::new(e);
-    }
-    if let Err(e) = store.reclaim_uncommitted() {
-        tracing::warn!(error = %e, "giving back the room of the uncommitted import");
     }
     let room = disk_room(store_dir)
         .map(|(free, total)| format!(" ({} free of {})", human::bytes(free), human::bytes(total)))
