@@ -191,6 +191,24 @@ def test_not_mounted_status_comes_from_the_catalog_with_every_field(mounted):
     assert "not mounted: figures from the catalog" in out, out
 
 
+def test_unmount_without_a_path_takes_down_the_stores_own_mount(mounted):
+    """`mlxfs --store S unmount` finds where S is mounted (here not ~/.mlx-cache) and waits
+    until the daemon has committed and let go of the store."""
+    m = mounted
+    (m / "huggingface" / "hub" / "f").write_bytes(b"y" * 5000)
+    pid = m.pid
+    out = m.cli("unmount").stderr.decode()
+    assert not m.mounted, f"{m.mountpoint} still mounted after `mlxfs unmount` with no path"
+    assert f"unmounted {m.mountpoint}" in out, out
+    assert wait_until(lambda: not pid_alive(pid), 30), "the daemon outlived the unmount"
+    m.pid = None
+    # Nothing of this store is mounted now: the default mount point is named, not mounted.
+    again = m.cli("unmount", expect=1).stderr.decode()
+    assert "is not mounted" in again and ".mlx-cache" in again, again
+    m.start()
+    assert (m / "huggingface" / "hub" / "f").read_bytes() == b"y" * 5000
+
+
 def make_hf_repo(hub: Path, org: str, name: str, weights: bytes) -> Path:
     """A minimal HF cache repo (config.json + model.safetensors) written through the mount."""
     import hashlib

@@ -7,9 +7,8 @@ use anyhow::{bail, Context, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct UnmountArgs {
-    /// The mount to take down.
-    #[arg(default_value_os_t = super::mount::default_mountpoint())]
-    pub mountpoint: PathBuf,
+    /// The mount to take down [default: where this store is mounted, else ~/.mlx-cache].
+    pub mountpoint: Option<PathBuf>,
     /// Detach even while files are open (the mount goes away when they close).
     #[arg(long)]
     pub lazy: bool,
@@ -17,22 +16,27 @@ pub struct UnmountArgs {
 
 pub fn run(store: &Path, args: &UnmountArgs) -> Result<i32> {
     let daemon = daemon::running_daemon(store);
-    let canonical = args
+    // `mlxfs --store X unmount` takes down X's mount wherever `mount` put it.
+    let mountpoint = args
         .mountpoint
+        .clone()
+        .or_else(|| daemon.as_ref().map(|record| record.mountpoint.clone()))
+        .unwrap_or_else(super::mount::default_mountpoint);
+    let canonical = mountpoint
         .canonicalize()
-        .unwrap_or_else(|_| args.mountpoint.clone());
-    if !daemon::is_mountpoint(&args.mountpoint) {
-        bail!("{} is not mounted", args.mountpoint.display());
+        .unwrap_or_else(|_| mountpoint.clone());
+    if !daemon::is_mountpoint(&mountpoint) {
+        bail!("{} is not mounted", mountpoint.display());
     }
     let result = if args.lazy {
-        daemon::mounts::unmount_lazy(&args.mountpoint)
+        daemon::mounts::unmount_lazy(&mountpoint)
     } else {
-        daemon::unmount(&args.mountpoint)
+        daemon::unmount(&mountpoint)
     };
     result.with_context(|| {
         format!(
             "unmounting {} (files still open? try --lazy)",
-            args.mountpoint.display()
+            mountpoint.display()
         )
     })?;
     // Wait for the daemon to commit and release the store, so the next command can take it.
@@ -42,6 +46,6 @@ pub fn run(store: &Path, args: &UnmountArgs) -> Result<i32> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    eprintln!("unmounted {}", args.mountpoint.display());
+    eprintln!("unmounted {}", mountpoint.display());
     Ok(0)
 }
