@@ -26,11 +26,26 @@ use crate::errno::{Errno, FsResult};
 use crate::vfs::Vfs;
 use crate::views::{is_virtual, Target, VNode};
 
+/// A handle's reads that continue each other: where the last one ended, how many bytes they
+/// covered, and whether the run began at the start of the file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadRun {
+    end: u64,
+    covered: u64,
+    from_start: bool,
+}
+
 /// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
-/// A read starting this close to where the handle's last read ended counts as sequential.
+/// A read starting this close to where the handle's last read ended continues its run.
 const SEQUENTIAL_SLACK: u64 = 16 << 20;
+/// Bytes a run of reads must have covered before it counts as sequential. An mmap fault is
+/// answered by a read-around window of the mount's readahead size (the disk's, 8 MiB here):
+/// a burst of requests that continue each other and then stop. Read as sequential, its pack
+/// reads went with kernel readahead, which read past the window bytes no one asked for yet or
+/// any more (docs/PERFORMANCE.md, eleventh round).
+const SEQUENTIAL_RUN: u64 = 16 << 20;
 
 /// A file being written, or changed through the mount this recently, is read around the page
 /// cache. Without this a reader racing an `O_TRUNC` rewrite can copy out a page the kernel filled
@@ -669,15 +684,27 @@ impl Vfs {
         self.direct_io_maps.store(granted, Ordering::Relaxed);
     }
 
-    /// Whether a read at `offset` continues the handle's reading (near where its last read
-    /// ended, or the start of the file), remembering where this one ends. Readahead requests
-    /// may arrive a little out of order, hence "near".
+    /// Whether a read at `offset` is part of a sequential run of the handle's reads: it starts
+    /// near where the last one ended (readahead requests may arrive a little out of order,
+    /// hence "near"), and the run has covered [`SEQUENTIAL_RUN`] bytes, or started at the start
+    /// of the file. Remembers where this one ends.
     fn continues_reading(&self, fh: u64, offset: u64, end: u64) -> bool {
-        let last_end = self.read_ends.lock().insert(fh, end);
-        match last_end {
-            None => offset == 0,
-            Some(last) => offset.abs_diff(last) <= SEQUENTIAL_SLACK,
-        }
+        let mut runs = self.read_ends.lock();
+        let len = end.saturating_sub(offset);
+        let run = match runs.get(&fh) {
+            Some(last) if offset.abs_diff(last.end) <= SEQUENTIAL_SLACK => ReadRun {
+                end,
+                covered: last.covered.saturating_add(len),
+                from_start: last.from_start,
+            },
+            _ => ReadRun {
+                end,
+                covered: len,
+                from_start: offset == 0,
+            },
+        };
+        runs.insert(fh, run);
+        run.from_start || run.covered >= SEQUENTIAL_RUN
     }
 
     /// Makes sure the file has a staging copy of its current bytes (copy-on-write).
@@ -1293,4 +1320,35 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> FsResult<()> {
         done += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_read_around_burst_counts_as_random_and_a_long_run_as_sequential() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::Store::open(dir.path(), store::StoreOptions::default()).unwrap();
+        let vfs = Vfs::new(Arc::new(store)).unwrap();
+        // A reader from the start of the file is sequential at once.
+        assert!(vfs.continues_reading(1, 0, MIB));
+        assert!(vfs.continues_reading(1, MIB, 2 * MIB));
+        // An mmap fault's read-around window: eight requests continuing each other.
+        let at = 300 * MIB;
+        for i in 0..8 {
+            assert!(!vfs.continues_reading(2, at + i * MIB, at + (i + 1) * MIB));
+        }
+        // A jump, then a long run: sequential once it has covered 16 MiB.
+        let at = 40 * MIB;
+        let sequential: Vec<bool> = (0..20)
+            .map(|i| vfs.continues_reading(2, at + i * MIB, at + (i + 1) * MIB))
+            .collect();
+        assert_eq!(sequential.iter().position(|s| *s), Some(15));
+        assert!(sequential[15..].iter().all(|s| *s));
+        // Each handle has its own run.
+        assert!(!vfs.continues_reading(3, at + 20 * MIB, at + 21 * MIB));
+    }
 }

@@ -23,6 +23,7 @@ pub mod models;
 pub mod namespace;
 pub mod pack;
 mod prepare_pool;
+mod served;
 mod store;
 pub mod verify;
 

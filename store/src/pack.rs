@@ -27,6 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::deferred_sync::Durability;
 use crate::error::{IoContext, Result, StoreError};
 use crate::mapped::MappedFile;
+use crate::served::ServedPages;
 use crate::ChunkHash;
 
 pub const PACK_MAGIC: &[u8; 8] = b"MLXFSPK1";
@@ -37,8 +38,6 @@ pub const RAW_INDEX_MAGIC: &[u8; 8] = b"MLXFSIX1";
 /// A raw pack's index: magic and pack id, then one entry per chunk.
 pub const RAW_INDEX_HEADER_LEN: usize = 16;
 pub const RAW_INDEX_ENTRY_LEN: usize = 36;
-/// How far behind a chunk just read its pack's cached pages are dropped (see `read_verified_owned`).
-const READAHEAD_DROP_BEHIND: u64 = 8 << 20;
 
 /// Where a chunk's bytes live: `offset` is the first data byte (after the record header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +81,8 @@ pub struct Packs {
     /// again, so making a pack costs the same with ten thousand of them).
     next_id: Mutex<u64>,
     writeback: Writeback,
+    /// Pack pages read for readers, until every byte of them was served (served.rs).
+    served: ServedPages,
 }
 
 /// Starts the disk writing appended pack bytes on a thread of its own: `sync_file_range`
@@ -267,6 +268,7 @@ impl Packs {
             raw_unsynced: Mutex::new(HashMap::new()),
             next_id: Mutex::new(1),
             writeback: Writeback::default(),
+            served: ServedPages::default(),
         };
         let on_disk = packs.scan_dir()?;
         *packs.next_id.lock() = on_disk.last().map_or(1, |(last, _)| last + 1);
@@ -621,12 +623,25 @@ impl Packs {
         Ok(bytes)
     }
 
-    /// Reads the bytes at `loc` with pread, checks them against `hash`, and drops the pack's
-    /// pages from the page cache (the caller keeps the bytes; the kernel caches the file that
-    /// was read, and caching the pack too would hold every byte twice).
-    pub fn read_verified_owned(&self, loc: ChunkLocation, hash: &ChunkHash) -> Result<Vec<u8>> {
-        let file = self.file(loc.pack)?;
+    /// Reads the bytes at `loc` with pread and checks them against `hash`. With `readahead`
+    /// (a sequential reader, who wants the bytes after them next) the kernel reads ahead in the
+    /// pack; without, only these bytes are read: a random reader's neighbouring bytes come as
+    /// requests of their own (an mmap fault's read-around), and readahead there read bytes
+    /// from the disk that had been served already (docs/PERFORMANCE.md, eleventh round). The
+    /// pack's pages stay cached until the bytes are served (see [`Packs::drop_served`]).
+    pub fn read_verified_owned(
+        &self,
+        loc: ChunkLocation,
+        hash: &ChunkHash,
+        readahead: bool,
+    ) -> Result<Vec<u8>> {
+        let file = if readahead {
+            self.file(loc.pack)?
+        } else {
+            self.random_file(loc.pack)?
+        };
         let buf = pread_exact(&file, loc.pack, loc.offset, loc.len as usize, hash)?;
+        self.drop_read_back(&file, loc.pack, loc.offset, loc.len as u64);
         if blake3::hash(&buf).as_bytes() != hash {
             return Err(StoreError::CorruptChunk {
                 chunk: hex::encode(hash),
@@ -635,17 +650,12 @@ impl Packs {
                 reason: "BLAKE3 mismatch".into(),
             });
         }
-        // Kernel readahead keeps sequential reads fast but caches pages past the chunk; they are
-        // dropped once reading passes them, so the window dropped reaches back behind the chunk.
-        let drop_from = loc.offset.saturating_sub(READAHEAD_DROP_BEHIND);
-        let end = loc.offset + loc.len as u64;
-        advise(&file, drop_from, end - drop_from, Advice::DontNeed);
         Ok(buf)
     }
 
     /// `len` raw bytes at `offset` of chunk `hash` in a pack, unverified (the caller checks
-    /// them block by block, see blocks.rs), read without readahead; their pack pages are
-    /// dropped from the page cache afterwards, as on the whole-chunk path.
+    /// them block by block, see blocks.rs), read without readahead; as for
+    /// [`Packs::read_verified_owned`], their pages stay cached until served.
     pub fn read_span(
         &self,
         pack: u64,
@@ -655,8 +665,27 @@ impl Packs {
     ) -> Result<Vec<u8>> {
         let file = self.random_file(pack)?;
         let buf = pread_exact(&file, pack, offset, len, hash)?;
-        advise(&file, offset, len as u64, Advice::DontNeed);
+        self.drop_read_back(&file, pack, offset, len as u64);
         Ok(buf)
+    }
+
+    /// Notes that a reader was served `len` bytes from `offset` of a pack, and drops the pack's
+    /// pages whose every byte has now been served: the kernel caches them as the file that was
+    /// read, and the pack's copy would hold them twice. See served.rs for why not sooner. A
+    /// failure only means the pages stay cached.
+    pub fn drop_served(&self, pack: u64, offset: u64, len: u64) {
+        let Ok(file) = self.file(pack) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        for (start, len) in self.served.serve(pack, offset, len, meta.len()) {
+            advise(&file, start, len, Advice::DontNeed);
+        }
+    }
+
+    /// Drops the pages just read of regions whose bytes were all served before (served.rs).
+    fn drop_read_back(&self, file: &File, pack: u64, offset: u64, len: u64) {
+        for (start, len) in self.served.read_back(pack, offset, len) {
+            advise(file, start, len, Advice::DontNeed);
+        }
     }
 
     fn random_file(&self, pack: u64) -> Result<Arc<File>> {
@@ -689,6 +718,7 @@ impl Packs {
 
     /// Forgets the open descriptors of a pack (before gc deletes or rewrites it).
     pub fn unmap(&self, pack: u64) {
+        self.served.forget(pack);
         self.files.write().remove(&pack);
         self.random_files.write().remove(&pack);
     }

@@ -357,7 +357,7 @@ impl Store {
 
     /// Verified bytes of chunk `index` of a content.
     pub fn chunk(&self, map: &ContentMap, index: usize) -> Result<Arc<Vec<u8>>> {
-        self.chunk_in(None, map, index)
+        self.chunk_in(None, map, index, Access::Sequential)
     }
 
     /// [`Store::chunk`] from inside a catalog transaction (`tx`), or outside one (`None`).
@@ -368,7 +368,16 @@ impl Store {
     /// transaction the map cannot be stale (gc commits before it deletes, and its commit waits
     /// for ours), so no gate is taken there — taking it could deadlock with gc, which holds the
     /// gate while it writes the catalog.
-    fn chunk_in(&self, tx: Option<&Tx>, map: &ContentMap, index: usize) -> Result<Arc<Vec<u8>>> {
+    ///
+    /// `access` says whether the pack is read with kernel readahead (see
+    /// [`Packs::read_verified_owned`]).
+    fn chunk_in(
+        &self,
+        tx: Option<&Tx>,
+        map: &ContentMap,
+        index: usize,
+        access: Access,
+    ) -> Result<Arc<Vec<u8>>> {
         let chunk = map
             .chunks
             .get(index)
@@ -385,7 +394,11 @@ impl Store {
         }
         // Recursive: the caller may already hold it (see `read_guard`).
         let _reading = tx.is_none().then(|| self.read_gate.read_recursive());
-        let bytes = match self.packs.read_verified_owned(chunk.location, &chunk.hash) {
+        let readahead = access == Access::Sequential;
+        let bytes = match self
+            .packs
+            .read_verified_owned(chunk.location, &chunk.hash, readahead)
+        {
             Ok(bytes) => bytes,
             Err(first) => {
                 let now = match tx {
@@ -400,7 +413,8 @@ impl Store {
                             to = ?loc,
                             "chunk moved by gc since its map was loaded"
                         );
-                        self.packs.read_verified_owned(loc, &chunk.hash)?
+                        self.packs
+                            .read_verified_owned(loc, &chunk.hash, readahead)?
                     }
                     // Not moved: the failure is real (bit rot, a missing pack).
                     _ => return Err(missing_pack_is_damage(first, chunk)),
@@ -530,7 +544,7 @@ impl Store {
                 && access == Access::Random
                 && self.read_blocks(chunk, in_chunk, n, out, false))
             {
-                match self.chunk_in(tx, map, index) {
+                match self.chunk_in(tx, map, index, access) {
                     Ok(bytes) => {
                         out.extend_from_slice(bytes.get(in_chunk..in_chunk + n).ok_or_else(
                             || StoreError::Inconsistent("chunk shorter than its location".into()),
@@ -544,6 +558,11 @@ impl Store {
                     Err(e) => return Err(e),
                 }
             }
+            self.packs.drop_served(
+                chunk.location.pack,
+                chunk.location.offset + in_chunk as u64,
+                n as u64,
+            );
             done += n;
             index += 1;
             if index >= map.chunks.len() {
