@@ -19,6 +19,7 @@ import ctypes.util
 import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -526,3 +527,50 @@ def utimensat(path: str | Path, atime: tuple[int, int], mtime: tuple[int, int],
     if f(AT_FDCWD, os.fsencode(str(path)), ts, flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"utimensat({path!r}): {os.strerror(e)}")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def resident_fraction(path: Path) -> float:
+    """Fraction of the file's pages in the page cache (mmap + mincore; reads nothing)."""
+    size = os.stat(path).st_size
+    page = mmap.PAGESIZE
+    npages = -(-size // page)
+    mm_ = _libc.mmap
+    mm_.restype = ctypes.c_void_p
+    mm_.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_long]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = mm_(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            e = ctypes.get_errno()
+            raise OSError(e, f"mmap {path}: {os.strerror(e)}")
+        try:
+            vec = (ctypes.c_ubyte * npages)()
+            _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+            if _libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, f"mincore {path}: {os.strerror(e)}")
+            return sum(1 for v in vec if v & 1) / npages
+        finally:
+            _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            _libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    finally:
+        os.close(fd)
+
+
+def resident_bytes_under(root: Path) -> int:
+    """Page-cache bytes of all regular files under root (for the diagnostic message)."""
+    total = 0
+    for dp, _, fns in os.walk(root):
+        for fn in fns:
+            p = Path(dp) / fn
+            try:
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+                    total += int(resident_fraction(p) * st.st_size)
+            except OSError:
+                pass
+    return total

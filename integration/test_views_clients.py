@@ -26,11 +26,9 @@ Set-up of the two client venvs (from the repo root):
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import json
-import mmap
 import os
 import random
 import shutil
@@ -125,7 +123,7 @@ import pytest  # noqa: E402
 import tinymodels  # noqa: E402
 from fakehub import FakeHub  # noqa: E402
 from mountlib import (  # noqa: E402,F401  (fixtures are used by name)
-    _clip, mount_env, sha256_file, wait_until,
+    _clip, mount_env, resident_bytes_under, resident_fraction, sha256_file, wait_until,
 )
 
 pytestmark = [pytest.mark.timeout(900)]
@@ -850,53 +848,6 @@ def _read_all(path: Path) -> int:
             n += k
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _resident_fraction(path: Path) -> float:
-    """Fraction of the file's pages in the page cache (mmap + mincore; reads nothing)."""
-    size = os.stat(path).st_size
-    page = mmap.PAGESIZE
-    npages = -(-size // page)
-    mm_ = _libc.mmap
-    mm_.restype = ctypes.c_void_p
-    mm_.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                    ctypes.c_long]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = mm_(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, ctypes.c_void_p(-1).value):
-            e = ctypes.get_errno()
-            raise OSError(e, f"mmap {path}: {os.strerror(e)}")
-        try:
-            vec = (ctypes.c_ubyte * npages)()
-            _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-            if _libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, f"mincore {path}: {os.strerror(e)}")
-            return sum(1 for v in vec if v & 1) / npages
-        finally:
-            _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            _libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
-    finally:
-        os.close(fd)
-
-
-def _resident_bytes_under(root: Path) -> int:
-    """Page-cache bytes of all regular files under root (for the diagnostic message)."""
-    total = 0
-    for dp, _, fns in os.walk(root):
-        for fn in fns:
-            p = Path(dp) / fn
-            try:
-                st = os.lstat(p)
-                if stat.S_ISREG(st.st_mode) and st.st_size > 0:
-                    total += int(_resident_fraction(p) * st.st_size)
-            except OSError:
-                pass
-    return total
-
-
 def _daemon_read_requests(mount) -> int:
     time.sleep(0.1)  # status answers are reused for 20 ms
     return json.loads(mount.cli("status", "--json").stdout)["ops"]["read"]["count"]
@@ -933,14 +884,14 @@ def test_page_cache_holds_the_bytes_once(clients_py, mount_env, hub, tmp_path):
         _drop_caches()
         time.sleep(2)  # let running programs fault their code and data back in
         c0 = _meminfo_cached()
-        s0 = _resident_bytes_under(me.store)
+        s0 = resident_bytes_under(me.store)
         assert _read_all(snap_file) == n
         c1 = _meminfo_cached()
-        resident = _resident_fraction(mlx_file)
+        resident = resident_fraction(mlx_file)
         assert _read_all(mlx_file) == n
         c2 = _meminfo_cached()
-        file_cached = _resident_fraction(snap_file) * n
-        store_cached = _resident_bytes_under(me.store)
+        file_cached = resident_fraction(snap_file) * n
+        store_cached = resident_bytes_under(me.store)
         msg = (f"Cached: +{(c1 - c0) / mib:.0f} MiB after reading {n / mib:.0f} MiB via "
                f"huggingface/, +{(c2 - c1) / mib:.0f} MiB more via mlx/ (total "
                f"+{(c2 - c0) / mib:.0f} MiB); {resident:.0%} of the mlx/ file was resident before "

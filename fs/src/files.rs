@@ -26,20 +26,22 @@ use crate::errno::{Errno, FsResult};
 use crate::vfs::Vfs;
 use crate::views::{is_virtual, Target, VNode};
 
-/// A handle's reads that continue each other: where the last one ended, how many bytes they
-/// covered, and whether the run began at the start of the file.
+/// A handle's reads that continue each other: where the last one ended, and how many bytes
+/// they covered.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReadRun {
     end: u64,
     covered: u64,
-    from_start: bool,
 }
 
 /// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
-/// A read starting this close to where the handle's last read ended continues its run.
-const SEQUENTIAL_SLACK: u64 = 16 << 20;
+/// A read starting this close to where the handle's last read ended continues its run: the
+/// kernel sends a sequential reader's readahead as requests in order, which the daemon's
+/// workers take up nearly in order. Wider, a random reader of a small file (all its mmap
+/// faults' windows near each other) made runs too.
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
 /// Bytes a run of reads must have covered before it counts as sequential. An mmap fault is
 /// answered by a read-around window of the mount's readahead size (the disk's, 8 MiB here):
 /// a burst of requests that continue each other and then stop. Read as sequential, its pack
@@ -686,25 +688,20 @@ impl Vfs {
 
     /// Whether a read at `offset` is part of a sequential run of the handle's reads: it starts
     /// near where the last one ended (readahead requests may arrive a little out of order,
-    /// hence "near"), and the run has covered [`SEQUENTIAL_RUN`] bytes, or started at the start
-    /// of the file. Remembers where this one ends.
+    /// hence "near"), and the run has covered [`SEQUENTIAL_RUN`] bytes. A run from the start
+    /// of the file is no exception: an mmap fault near the start gets a read-around window
+    /// there too. Remembers where this one ends.
     fn continues_reading(&self, fh: u64, offset: u64, end: u64) -> bool {
         let mut runs = self.read_ends.lock();
         let len = end.saturating_sub(offset);
-        let run = match runs.get(&fh) {
-            Some(last) if offset.abs_diff(last.end) <= SEQUENTIAL_SLACK => ReadRun {
-                end,
-                covered: last.covered.saturating_add(len),
-                from_start: last.from_start,
-            },
-            _ => ReadRun {
-                end,
-                covered: len,
-                from_start: offset == 0,
-            },
+        let covered = match runs.get(&fh) {
+            Some(last) if offset.abs_diff(last.end) <= SEQUENTIAL_SLACK => {
+                last.covered.saturating_add(len)
+            }
+            _ => len,
         };
-        runs.insert(fh, run);
-        run.from_start || run.covered >= SEQUENTIAL_RUN
+        runs.insert(fh, ReadRun { end, covered });
+        covered >= SEQUENTIAL_RUN
     }
 
     /// Makes sure the file has a staging copy of its current bytes (copy-on-write).
@@ -1333,10 +1330,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store::Store::open(dir.path(), store::StoreOptions::default()).unwrap();
         let vfs = Vfs::new(Arc::new(store)).unwrap();
-        // A reader from the start of the file is sequential at once.
-        assert!(vfs.continues_reading(1, 0, MIB));
-        assert!(vfs.continues_reading(1, MIB, 2 * MIB));
-        // An mmap fault's read-around window: eight requests continuing each other.
+        // An mmap fault's read-around window: eight requests continuing each other, at the
+        // start of the file or anywhere.
+        for i in 0..8 {
+            assert!(!vfs.continues_reading(1, i * MIB, (i + 1) * MIB));
+        }
         let at = 300 * MIB;
         for i in 0..8 {
             assert!(!vfs.continues_reading(2, at + i * MIB, at + (i + 1) * MIB));
