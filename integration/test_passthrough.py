@@ -147,6 +147,14 @@ def test_an_mmap_of_a_daemon_served_file_reads_each_byte_once_and_caches_it_once
         assert disk <= 1.6 * size, f"the daemon read {disk / MiB:.1f} MiB from disk"
     assert packs <= size // 2, f"{packs / MiB:.1f} MiB of pack pages still cached"
 
+    # Read from start to end, cold, the packs' pages go too as their bytes are served.
+    m.stop()
+    drop_caches()
+    m.start()
+    assert read_file(m / "second.bin") == second
+    packs = resident_bytes_under(m.store / "packs")
+    assert packs <= size // 4, f"{packs / MiB:.1f} MiB of pack pages cached after a full read"
+
 
 def test_writing_beside_a_passthrough_reader(mounted):
     m = mounted
