@@ -41,7 +41,7 @@ struct Cli {
 enum Command {
     /// Mount the store's tree (default ~/.mlx-cache).
     Mount(mount::MountArgs),
-    /// Unmount it.
+    /// Unmount the store's tree, wherever it is mounted.
     Unmount(unmount::UnmountArgs),
     /// Adopt Hugging Face hub caches and Ollama models dirs into the store.
     Import(import::ImportArgs),
