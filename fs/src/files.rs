@@ -27,12 +27,18 @@ use crate::vfs::Vfs;
 use crate::views::{is_virtual, Target, VNode};
 
 /// A handle's reads that continue each other: where the last one ended, and how many bytes
-/// they covered.
-#[derive(Debug, Clone, Copy)]
+/// they covered (0: no run yet).
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ReadRun {
     end: u64,
     covered: u64,
 }
+
+/// Sequential runs followed per file handle (see `continues_reading`).
+const RUNS_PER_HANDLE: usize = 4;
+
+/// A handle's runs, the one read most recently first.
+pub(crate) type ReadRuns = [ReadRun; RUNS_PER_HANDLE];
 
 /// Largest file the mount accepts (ext4's limit with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
@@ -687,20 +693,26 @@ impl Vfs {
     }
 
     /// Whether a read at `offset` is part of a sequential run of the handle's reads: it starts
-    /// near where the last one ended (readahead requests may arrive a little out of order,
-    /// hence "near"), and the run has covered [`SEQUENTIAL_RUN`] bytes. A run from the start
-    /// of the file is no exception: an mmap fault near the start gets a read-around window
-    /// there too. Remembers where this one ends.
+    /// near where one of the handle's runs ended (readahead requests may arrive a little out of
+    /// order, hence "near"), and that run has covered [`SEQUENTIAL_RUN`] bytes. A handle has
+    /// up to [`RUNS_PER_HANDLE`] runs: readers like mlx-lm read one file with parallel 32 MiB
+    /// preads on one descriptor, each sequential. A run from the start of the file is no
+    /// exception: an mmap fault near the start gets a read-around window there too.
     fn continues_reading(&self, fh: u64, offset: u64, end: u64) -> bool {
-        let mut runs = self.read_ends.lock();
+        let mut all = self.read_ends.lock();
+        let runs = all.entry(fh).or_default();
         let len = end.saturating_sub(offset);
-        let covered = match runs.get(&fh) {
-            Some(last) if offset.abs_diff(last.end) <= SEQUENTIAL_SLACK => {
-                last.covered.saturating_add(len)
-            }
-            _ => len,
+        let continued = runs
+            .iter()
+            .position(|run| run.covered > 0 && offset.abs_diff(run.end) <= SEQUENTIAL_SLACK);
+        let (slot, covered) = match continued {
+            Some(slot) => (slot, runs[slot].covered.saturating_add(len)),
+            // A new run takes the place of the one read least recently.
+            None => (runs.len() - 1, len),
         };
-        runs.insert(fh, ReadRun { end, covered });
+        // Most recent first.
+        runs[..=slot].rotate_right(1);
+        runs[0] = ReadRun { end, covered };
         covered >= SEQUENTIAL_RUN
     }
 
@@ -1346,7 +1358,20 @@ mod tests {
             .collect();
         assert_eq!(sequential.iter().position(|s| *s), Some(15));
         assert!(sequential[15..].iter().all(|s| *s));
-        // Each handle has its own run.
+        // Each handle has its own runs.
         assert!(!vfs.continues_reading(3, at + 20 * MIB, at + 21 * MIB));
+        // Four threads reading 32 MiB pieces of one descriptor in parallel: each piece is a run
+        // of its own, sequential once it has covered 16 MiB.
+        let sequential: Vec<bool> = (0..32)
+            .flat_map(|i| (0..4).map(move |t| (t * 32 + 200) * MIB + i * MIB))
+            .map(|at| vfs.continues_reading(4, at, at + MIB))
+            .collect();
+        assert!(sequential[..60].iter().all(|s| !*s));
+        assert!(sequential[60..].iter().all(|s| *s));
+        // A fifth stream replaces the one read least recently (the first piece, ended at
+        // 232 MiB); the last piece's run goes on.
+        assert!(!vfs.continues_reading(4, 900 * MIB, 901 * MIB));
+        assert!(vfs.continues_reading(4, 328 * MIB, 329 * MIB));
+        assert!(!vfs.continues_reading(4, 232 * MIB, 233 * MIB));
     }
 }

@@ -75,7 +75,7 @@ pub struct Vfs {
     /// Open file handles: inode and that file's byte counters.
     pub(crate) handles: Mutex<HashMap<u64, (u64, Arc<FileBytes>)>>,
     /// The run of reads of each file handle (tells sequential reads from random).
-    pub(crate) read_ends: Mutex<HashMap<u64, crate::files::ReadRun>>,
+    pub(crate) read_ends: Mutex<HashMap<u64, crate::files::ReadRuns>>,
     /// The kernel maps files opened with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP), so hot files
     /// may be opened that way (see `files::HOT_FILE_WINDOW_NS`).
     pub(crate) direct_io_maps: std::sync::atomic::AtomicBool,
