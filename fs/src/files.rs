@@ -699,7 +699,7 @@ impl Vfs {
     /// preads on one descriptor, each sequential. A run from the start of the file is no
     /// exception: an mmap fault near the start gets a read-around window there too.
     fn continues_reading(&self, fh: u64, offset: u64, end: u64) -> bool {
-        let mut all = self.read_ends.lock();
+        let mut all = self.read_runs.lock();
         let runs = all.entry(fh).or_default();
         let len = end.saturating_sub(offset);
         let continued = runs
@@ -1273,7 +1273,7 @@ impl Vfs {
 
     fn release_file(&self, fh: u64, file: &Arc<OpenFile>) -> FsResult<()> {
         self.handles.lock().remove(&fh);
-        self.read_ends.lock().remove(&fh);
+        self.read_runs.lock().remove(&fh);
         let last_passthrough = file.io.lock().release(fh);
         file.io_released.notify_all();
         if last_passthrough {

@@ -74,8 +74,8 @@ pub struct Vfs {
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Open file handles: inode and that file's byte counters.
     pub(crate) handles: Mutex<HashMap<u64, (u64, Arc<FileBytes>)>>,
-    /// The run of reads of each file handle (tells sequential reads from random).
-    pub(crate) read_ends: Mutex<HashMap<u64, crate::files::ReadRuns>>,
+    /// The runs of reads of each file handle (tell sequential reads from random).
+    pub(crate) read_runs: Mutex<HashMap<u64, crate::files::ReadRuns>>,
     /// The kernel maps files opened with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP), so hot files
     /// may be opened that way (see `files::HOT_FILE_WINDOW_NS`).
     pub(crate) direct_io_maps: std::sync::atomic::AtomicBool,
@@ -144,7 +144,7 @@ impl Vfs {
             store,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
-            read_ends: Mutex::new(HashMap::new()),
+            read_runs: Mutex::new(HashMap::new()),
             direct_io_maps: std::sync::atomic::AtomicBool::new(false),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             passthrough_meter: Default::default(),

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 /// Bytes per region: the largest folio the page cache makes on x86-64 and arm64 with 4 KiB
 /// pages, and naturally aligned, so a region holds whole folios.
-pub(crate) const REGION: u64 = 2 << 20;
+const REGION: u64 = 2 << 20;
 /// Bytes per bit of a region's map.
 const PAGE: u64 = 4096;
 const PAGES_PER_REGION: usize = (REGION / PAGE) as usize;
