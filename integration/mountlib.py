@@ -529,9 +529,6 @@ def utimensat(path: str | Path, atime: tuple[int, int], mtime: tuple[int, int],
         raise OSError(e, f"utimensat({path!r}): {os.strerror(e)}")
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def resident_fraction(path: Path) -> float:
     """Fraction of the file's pages in the page cache (mmap + mincore; reads nothing)."""
     size = os.stat(path).st_size
