@@ -731,7 +731,7 @@ enum Claim {
     Sha256([u8; 32]),
     /// HF small-file blob: the git blob SHA-1 of the content.
     GitSha1([u8; 20]),
-    /// An Ollama download in progress.
+    /// An Ollama or Hugging Face download in progress.
     Partial,
 }
 
@@ -749,6 +749,11 @@ fn classify(layout: Layout, rel: &[Vec<u8>]) -> Claim {
                 return Claim::None;
             }
             let name = &rel[2];
+            // huggingface_hub downloads into `<etag>.incomplete` (newer versions
+            // `<etag>.<8 hex>.incomplete`) and renames it once complete.
+            if name.ends_with(b".incomplete") {
+                return Claim::Partial;
+            }
             if let Some(d) = hex32(name) {
                 return Claim::Sha256(d);
             }
@@ -2710,6 +2715,13 @@ mod tests {
             &ollama.join(format!("blobs/sha256-{olliar}-partial-0")),
             b"{}",
         );
+        let hf_partial = format!("models--org--base/blobs/{}.incomplete", "ab".repeat(32));
+        write(&hub.join(&hf_partial), b"half a download");
+        let hf_partial_new = format!(
+            "models--org--base/blobs/{}.0123abcd.incomplete",
+            "cd".repeat(32)
+        );
+        write(&hub.join(&hf_partial_new), b"another half");
         write(
             &ollama.join("manifests/registry.ollama.ai/library/broken/latest"),
             b"{not json",
@@ -2740,6 +2752,10 @@ mod tests {
             skipped_reason(&report, &format!("sha256-{olliar}-partial-0")),
             Some("partial download")
         );
+        for partial in [&hf_partial, &hf_partial_new] {
+            assert_eq!(skipped_reason(&report, partial), Some("partial download"));
+            assert!(ns_inode(&store, &format!("{HF_ROOT}/{partial}")).is_none());
+        }
         assert!(skipped_reason(&report, "pipe").unwrap().contains("fifo"));
         assert_eq!(
             skipped_reason(&report, &format!("models--org--zzz/blobs/{etag}")),
@@ -2749,7 +2765,7 @@ mod tests {
             ns_read(&store, &format!("{HF_ROOT}/models--org--zzz/blobs/{etag}")).unwrap(),
             w
         );
-        assert_eq!(report.skipped.len(), 5, "{:?}", report.skipped);
+        assert_eq!(report.skipped.len(), 7, "{:?}", report.skipped);
         assert!(ns_inode(&store, &format!("{HF_ROOT}/models--org--base/blobs/{liar}")).is_none());
         assert!(ns_inode(&store, &format!("{OLLAMA_ROOT}/blobs/sha256-{olliar}")).is_none());
         // Warnings: the git blob whose name does not match, and the broken manifest (imported).
