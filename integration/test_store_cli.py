@@ -358,6 +358,31 @@ def test_import_skips_hf_blob_with_wrong_sha256(tmp_path, make_store):
     assert_reads_back(m2, honest)
 
 
+def test_import_skips_downloads_in_progress(tmp_path, make_store):
+    """huggingface_hub writes `blobs/<etag>.incomplete` (newer: `<etag>.<8 hex>.incomplete`)
+    and Ollama `blobs/sha256-<hex>-partial*` until a download completes: half a file is not
+    imported under any name; the rest of the cache is."""
+    rng = np.random.default_rng(8)
+    hub = tmp_path / "src" / "hub"
+    good_repo(hub, rng)
+    blobs = next(hub.glob("models--*")) / "blobs"
+    half = rng.bytes(300_000)
+    etag = C.sha256_hex(half + rng.bytes(300_000))
+    partials = [blobs / f"{etag}.incomplete", blobs / f"{etag}.0f1e2d3c.incomplete"]
+    for p in partials:
+        p.write_bytes(half)
+    honest = [(ns, src) for ns, src in tree_entries(hub, C.NS_HF) if src not in partials]
+
+    m = make_store("json")
+    r = m.import_(hub, expect=3)
+    skipped = {Path(s["path"]).name: s["reason"] for s in r["skipped"]}
+    assert skipped == {p.name: "partial download" for p in partials}, r
+    assert_reads_back(m, honest)
+    for p in partials:
+        q = m.run("cat", f"{C.NS_HF}/{blobs.parent.name}/blobs/{p.name}", expect=None)
+        assert q.returncode != 0 and half[:64] not in q.stdout
+
+
 def test_a_blob_truncated_while_it_is_imported_is_skipped_not_a_crash(tmp_path, make_store):
     """Another process truncates a blob while `mlxfs import` has it mapped: before, the next
     read of a vanished page was a SIGBUS that killed the import; now that file is skipped (or,
