@@ -10,7 +10,9 @@
 //! whole folios, which for a pack read sequentially are up to 2 MiB: a range covering part of
 //! one drops nothing. So served bytes are counted per 2 MiB region (a bit per 4 KiB), and a
 //! region is dropped once every byte in it has been served, and again whenever its pages are
-//! read back in (a chunk read whole to check the part of it a request wants). Regions never
+//! read back in (a chunk read whole to check the part of it a request wants). A whole page
+//! served a second time means its reader no longer holds it (the kernel dropped the file's
+//! pages, or another file shares the chunk): the region's count starts over. Regions never
 //! served in full (the edges of a partial read, other files' chunks beside a small file's) are
 //! dropped whole when too many are remembered, oldest first.
 
@@ -77,6 +79,25 @@ impl ServedPages {
                 complete: false,
             });
             pending.last_served = now;
+            // A whole page served before is being asked for again: whoever got it then (the
+            // kernel's cache of a file, or another file sharing the chunk) no longer holds
+            // it. The earlier serving says nothing about what this reader still needs, so
+            // the region starts over; counting on it dropped pages a re-read's neighbouring
+            // requests were about to take (a cold re-read of a file read before read 1.5x
+            // its size from the disk). Pages only partly inside the piece are shared with
+            // the neighbouring request and prove nothing.
+            let whole_first = (offset.max(start) - start).div_ceil(PAGE) as usize;
+            let whole_last = if end >= region_end {
+                last
+            } else {
+                ((end - start) / PAGE) as usize
+            };
+            if (whole_first..whole_last)
+                .any(|page| pending.served[page / 64] & (1 << (page % 64)) != 0)
+            {
+                pending.served = [0; WORDS];
+                pending.complete = false;
+            }
             for page in first..last {
                 pending.served[page / 64] |= 1 << (page % 64);
             }
@@ -234,6 +255,36 @@ mod tests {
             assert!(drops.iter().all(|d| *d != (0, 2 * MIB)), "{drops:?}");
         }
         assert!(served.read_back(4, 0, MIB).is_empty());
+    }
+
+    #[test]
+    fn a_region_served_again_in_whole_pages_starts_over() {
+        let served = ServedPages::default();
+        let pack_len = 64 * MIB;
+        assert_eq!(served.serve(6, 0, 2 * MIB, pack_len), vec![(0, 2 * MIB)]);
+        // The reader's cache lost the file; it reads it again out of order. Its first
+        // requests must not drop the pages the next ones read around them.
+        assert!(served.serve(6, MIB, 64 << 10, pack_len).is_empty());
+        assert!(served.serve(6, 0, MIB, pack_len).is_empty());
+        assert!(served.read_back(6, 0, 2 * MIB).is_empty());
+        assert_eq!(
+            served.serve(6, MIB + (64 << 10), MIB - (64 << 10), pack_len),
+            vec![(0, 2 * MIB)]
+        );
+        // Two pieces meeting inside a page both serve it: that starts nothing over.
+        assert!(served.serve(6, 2 * MIB, MIB + 100, pack_len).is_empty());
+        assert_eq!(
+            served.serve(6, 3 * MIB + 100, MIB - 100, pack_len),
+            vec![(2 * MIB, 2 * MIB)]
+        );
+        // A partly served region is not completed by a second pass's other half.
+        assert!(served.serve(6, 4 * MIB, MIB, pack_len).is_empty());
+        assert!(served.serve(6, 4 * MIB, 4096, pack_len).is_empty());
+        assert!(served.serve(6, 5 * MIB, MIB, pack_len).is_empty());
+        assert_eq!(
+            served.serve(6, 4 * MIB + 4096, MIB - 4096, pack_len),
+            vec![(4 * MIB, 2 * MIB)]
+        );
     }
 
     #[test]
