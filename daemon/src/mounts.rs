@@ -80,12 +80,7 @@ pub fn unmount_lazy(path: &Path) -> std::io::Result<()> {
 
 /// The errno of statfs(2) on `path`, or `None` when it succeeds.
 pub fn statfs_error(path: &Path) -> Option<i32> {
-    let c = path_cstring(path).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid path and a struct we own.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0 {
-        None
-    } else {
-        std::io::Error::last_os_error().raw_os_error()
-    }
+    store::disk_space::DiskSpace::of(path)
+        .err()
+        .and_then(|e| e.raw_os_error())
 }

@@ -947,32 +947,24 @@ impl Vfs {
 
     /// The store disk's numbers, as statfs reports them (namelen is the mount's).
     fn disk_stat(&self) -> FsResult<StatFs> {
-        let root = self.store.root();
-        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
-            .map_err(|_| Errno::EINVAL)?;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: statvfs writes into the struct we own.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // The field types differ between platforms: the casts are not all no-ops everywhere.
-        #[allow(clippy::unnecessary_cast)]
+        let disk = store::disk_space::DiskSpace::of(self.store.root())?;
         Ok(StatFs {
-            blocks: st.f_blocks as u64,
-            bfree: st.f_bfree as u64,
-            bavail: st.f_bavail as u64,
-            files: st.f_files as u64,
-            ffree: st.f_ffree as u64,
-            bsize: st.f_bsize as u32,
+            blocks: disk.blocks,
+            bfree: disk.blocks_free,
+            bavail: disk.blocks_available,
+            files: disk.files,
+            ffree: disk.files_free,
+            bsize: disk.block_size,
             namelen: NAME_MAX as u32,
-            frsize: st.f_frsize as u32,
+            frsize: disk.fragment_size,
         })
     }
 
     /// Free bytes on the store's disk for unprivileged writers.
     pub(crate) fn disk_free_bytes(&self) -> Option<u64> {
-        let st = self.disk_stat().ok()?;
-        Some(st.bavail.saturating_mul(st.frsize as u64))
+        store::disk_space::DiskSpace::of(self.store.root())
+            .ok()
+            .map(|disk| disk.bytes_available())
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {

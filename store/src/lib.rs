@@ -13,6 +13,7 @@ pub mod chunker;
 pub mod config;
 pub mod content;
 pub mod deferred_sync;
+pub mod disk_space;
 pub mod error;
 pub mod formats;
 pub mod gc;

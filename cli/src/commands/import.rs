@@ -138,15 +138,8 @@ fn import_failed(store_dir: &Path, e: ImportError) -> anyhow::Error {
 
 /// (free, total) bytes of the file system holding `dir`, for the user.
 fn disk_room(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the zeroed struct we own; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let block = st.f_frsize as u64;
-    Some((st.f_bavail as u64 * block, st.f_blocks as u64 * block))
+    let disk = store::disk_space::DiskSpace::of(dir).ok()?;
+    Some((disk.bytes_available(), disk.bytes_total()))
 }
 
 fn summary(r: &ImportReport) -> String {
