@@ -745,7 +745,7 @@ impl Vfs {
                     if got != n {
                         return Err(Errno::EIO);
                     }
-                    staging.write_all_at(&buf[..n], offset)?;
+                    store::page_cache::write_all_at(&staging, &buf[..n], offset)?;
                     offset += n as u64;
                 }
             }
@@ -841,14 +841,14 @@ impl Vfs {
             return Err(Errno::EFBIG);
         }
         let Some(accepted) = accepted else {
-            staged.file.write_all_at(data, offset)?;
+            store::page_cache::write_all_at(&staged.file, data, offset)?;
             staged.store_written(end);
             return Ok(data.len() as u32);
         };
         let size_before = staged.size;
         staged.size = size_before.max(end);
         accepted(data.len() as u32);
-        if let Err(e) = staged.file.write_all_at(data, offset) {
+        if let Err(e) = store::page_cache::write_all_at(&staged.file, data, offset) {
             // Nothing saw the new length (the lock is held): the file is as before this
             // write, except for bytes it overwrote, as after any failed write.
             staged.size = size_before;

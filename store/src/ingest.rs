@@ -162,7 +162,7 @@ impl<'s> NewChunks<'s> {
 const DIRECT_ALIGN: usize = 4096;
 /// How the staging names of [`CopyAside`] files end.
 pub(crate) const IMPORT_COPY_SUFFIX: &str = ".import-copy";
-/// Bytes per write of [`CopyAside::write`].
+/// Bytes per write of [`CopyAside::write`] with O_DIRECT.
 const COPY_PIECE: usize = 8 << 20;
 
 /// A new name in the staging directory for a copy of a file being imported (a copy aside or
@@ -253,12 +253,18 @@ impl CopyAside {
         } else {
             data.len()
         };
+        // Through the page cache, big writes cost more than their bytes (page_cache.rs).
+        let piece = if self.durability == Durability::BeforeCommit {
+            COPY_PIECE
+        } else {
+            crate::page_cache::PAGE_CACHE_WRITE_PIECE
+        };
         let mut offset = 0;
         while offset < aligned {
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }
-            let end = aligned.min(offset + COPY_PIECE);
+            let end = aligned.min(offset + piece);
             self.file.write_all_at(&data[offset..end], offset as u64)?;
             offset = end;
         }

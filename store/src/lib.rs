@@ -23,6 +23,7 @@ pub mod mapped;
 pub mod models;
 pub mod namespace;
 pub mod pack;
+pub mod page_cache;
 mod prepare_pool;
 mod served;
 mod store;

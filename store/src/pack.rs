@@ -371,8 +371,7 @@ impl Packs {
             .file
             .write_all_at(&header, record_start)
             .and_then(|()| {
-                pack.file
-                    .write_all_at(data, record_start + RECORD_HEADER_LEN)
+                crate::page_cache::write_all_at(&pack.file, data, record_start + RECORD_HEADER_LEN)
             });
         if let Err(e) = result {
             // Leave no torn record behind: later appends start where this one started.
@@ -782,7 +781,7 @@ impl RawPackWriter<'_> {
         let len = u32::try_from(data.len())
             .map_err(|_| StoreError::Inconsistent("chunk larger than 4 GiB".into()))?;
         let start = self.len;
-        if let Err(e) = self.file.write_all_at(data, start) {
+        if let Err(e) = crate::page_cache::write_all_at(&self.file, data, start) {
             let _ = self.file.set_len(start);
             return Err(StoreError::io(
                 format!("writing {}", self.path.display()),
