@@ -158,6 +158,26 @@ impl<'s> NewChunks<'s> {
     }
 }
 
+/// Files at least this big are chunked and hashed on a thread of lower priority than their
+/// SHA-256 (see [`yield_to_the_digest`]); below it, a thread more costs more than it gives.
+const YIELD_TO_DIGEST_MIN_FILE: u64 = 16 << 20;
+
+/// Lowers the calling thread's priority (nice +5) for the rest of its life. A big file's
+/// SHA-256 is one stream, the longest job of its preparation; the chunk hashing and the copy
+/// beside it have time to spare, and when all three want a core the digest should get it.
+/// Measured on two cores, a 1 GiB file: import 0.665 s -> 0.639 s (median of nine).
+/// Only on threads that end with their job: an unprivileged thread cannot raise its priority
+/// back, and threads it starts would inherit it.
+fn yield_to_the_digest() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id; a failure leaves the priority.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + 5).min(19));
+    }
+}
+
 /// Alignment of O_DIRECT buffers, offsets and lengths (the largest logical block size in use).
 const DIRECT_ALIGN: usize = 4096;
 /// How the staging names of [`CopyAside`] files end.
@@ -365,7 +385,10 @@ impl Store {
     fn store_copying(&self, data: &[u8], copy: CopyAside) -> Result<StoredChunks> {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (spans, copied) = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| copy.write(data, &stop));
+            let writer = scope.spawn(|| {
+                yield_to_the_digest();
+                copy.write(data, &stop)
+            });
             let mut tally = SharedTally::new(data.len() as u64, 0);
             let spans = self.hash_spans(data, |hash, len| {
                 if !stop.load(Ordering::Relaxed)
@@ -417,7 +440,7 @@ impl Store {
         &self,
         data: &[u8],
         hashed: &AtomicU64,
-        store: impl FnOnce() -> Result<StoredChunks>,
+        store: impl FnOnce() -> Result<StoredChunks> + Send,
     ) -> Result<PreparedContent> {
         std::thread::scope(|scope| {
             let sha256 = scope.spawn(|| {
@@ -425,7 +448,17 @@ impl Store {
                     hashed.fetch_add(n, Ordering::Relaxed);
                 })
             });
-            let chunks = store();
+            let chunks = if data.len() as u64 >= YIELD_TO_DIGEST_MIN_FILE {
+                scope
+                    .spawn(|| {
+                        yield_to_the_digest();
+                        store()
+                    })
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+            } else {
+                store()
+            };
             let sha256 = sha256
                 .join()
                 .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -595,5 +628,30 @@ impl Store {
                 (*blake3::hash(bytes).as_bytes(), span.len)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        // SAFETY: reads the calling thread's own priority.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn yielding_to_the_digest_lowers_only_the_calling_threads_priority() {
+        let mine = own_nice();
+        let theirs = std::thread::spawn(|| {
+            yield_to_the_digest();
+            own_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(theirs, (mine + 5).min(19));
+        assert_eq!(own_nice(), mine);
     }
 }
