@@ -153,7 +153,11 @@ def test_an_mmap_of_a_daemon_served_file_reads_each_byte_once_and_caches_it_once
     m.start()
     assert read_file(m / "second.bin") == second
     packs = resident_bytes_under(m.store / "packs")
-    assert packs <= size // 4, f"{packs / MiB:.1f} MiB of pack pages cached after a full read"
+    print(f"after a cold sequential read: {packs / MiB:.1f} MiB of pack pages cached")
+    # What stays is pack readahead past the file's chunks (up to a window, 8 MiB on the CI
+    # VM's disk, in each of the two packs) and regions only partly this file's: measured
+    # 10.5-16.7 MiB; a daemon that kept what it served would leave all 64 MiB.
+    assert packs <= size * 3 // 8, f"{packs / MiB:.1f} MiB of pack pages cached after a full read"
 
 
 def test_writing_beside_a_passthrough_reader(mounted):
